@@ -1,0 +1,80 @@
+r"""Steerable node and edge attributes of SEGNN (Brandstetter et al. 2022).
+
+For an edge :math:`j \to i` with :math:`r_{ij} = x_j - x_i`:
+
+.. math::
+    a_{ij} = Y^{(\le L)}\!\left(\frac{r_{ij}}{\lVert r_{ij}\rVert}\right), \qquad
+    a_i = \frac{1}{|\mathcal N(i)|}\sum_{j \in \mathcal N(i)} a_{ij}
+          \;\big[+\, Y^{(\le L)}(v_i/\lVert v_i\rVert)\big],
+
+spherical harmonics in e3nn's ``"component"`` normalisation (so :math:`Y^{(0)} = 1`), and the
+invariant edge feature :math:`\lVert r_{ij}\rVert^2`. A node without neighbours gets
+:math:`a_i = (1, 0, …, 0)`.
+"""
+
+from __future__ import annotations
+
+import torch
+from e3nn import o3
+from torch import Tensor
+from torch_geometric.data import Data
+from torch_geometric.transforms import BaseTransform
+from torch_geometric.utils import scatter
+
+from .graphs import edge_vectors
+
+
+def spherical_harmonics(lmax: int, vectors: Tensor) -> Tensor:
+    """Real spherical harmonics up to ``lmax`` of the directions of ``vectors`` (zero vectors
+    map to ``(1, 0, …, 0)``), irreps ``Irreps.spherical_harmonics(lmax)``."""
+    return o3.spherical_harmonics(
+        o3.Irreps.spherical_harmonics(lmax), vectors, normalize=True, normalization="component"
+    ).nan_to_num(0.0)
+
+
+def segnn_attributes(
+    pos: Tensor,
+    edge_index: Tensor,
+    lmax: int,
+    vel: Tensor | None = None,
+    shift: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Return ``(node_attr (N, d), edge_attr (E, d), edge_dist (E, 1))`` with
+    ``d = (lmax + 1)²`` as in the module docstring."""
+    rel = edge_vectors(pos, edge_index, shift)
+    edge_attr = spherical_harmonics(lmax, rel)
+    node_attr = scatter(edge_attr, edge_index[1], dim=0, dim_size=pos.shape[0], reduce="mean")
+    if vel is not None:
+        node_attr = node_attr + spherical_harmonics(lmax, vel)
+    isolated = torch.bincount(edge_index[1], minlength=pos.shape[0]) == 0
+    if bool(isolated.any()):
+        node_attr = node_attr.clone()
+        node_attr[isolated, 0] = 1.0
+    edge_dist = rel.pow(2).sum(-1, keepdim=True)
+    return node_attr, edge_attr, edge_dist
+
+
+class SEGNNAttributes(BaseTransform):
+    """Transform: add ``node_attr``, ``edge_attr`` and ``edge_dist`` for SEGNN to a graph that
+    already has ``edge_index``. With ``velocity_field`` set (e.g. ``"vel"``), its spherical
+    harmonics are added to the node attributes, as in SEGNN's N-body model."""
+
+    def __init__(self, lmax: int = 1, velocity_field: str | None = None) -> None:
+        if lmax < 0:
+            raise ValueError(f"lmax must be >= 0, got {lmax}")
+        self.lmax = lmax
+        self.velocity_field = velocity_field
+
+    def forward(self, data: Data) -> Data:
+        if getattr(data, "edge_index", None) is None:
+            raise ValueError("SEGNNAttributes needs edge_index: apply a graph transform first")
+        vel = getattr(data, self.velocity_field) if self.velocity_field else None
+        data.node_attr, data.edge_attr, data.edge_dist = segnn_attributes(
+            data.pos, data.edge_index, self.lmax, vel, getattr(data, "edge_shift", None)
+        )
+        return data
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(lmax={self.lmax}, velocity_field={self.velocity_field!r})"
+        )

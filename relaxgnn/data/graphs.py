@@ -1,0 +1,152 @@
+"""Batch-aware graph construction without pyg-lib: fully connected graphs and radius graphs
+(optionally periodic) on vesin, plus the edge geometry every layer uses.
+
+Edge convention (PyG's ``source_to_target`` flow): ``edge_index[0]`` is the sender ``j``,
+``edge_index[1]`` the receiver ``i``; the edge vector is ``r_ij = pos[j] - pos[i] + shift``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+from torch_geometric.transforms import BaseTransform
+
+
+def _graph_sizes(batch: Tensor | None, num_nodes: int, device) -> Tensor:
+    if batch is None:
+        return torch.tensor([num_nodes], device=device)
+    return torch.bincount(batch)
+
+
+def fully_connected_edges(num_nodes: int, batch: Tensor | None = None, device=None) -> Tensor:
+    """All ordered pairs ``(j, i)``, ``j ≠ i``, inside each graph: ``(2, Σ_g n_g(n_g - 1))``.
+
+    ``batch`` must be sorted (PyG batches are). Vectorised: no Python loop over graphs.
+    """
+    device = device if device is not None else (batch.device if batch is not None else None)
+    sizes = _graph_sizes(batch, num_nodes, device)
+    if int(sizes.sum()) != num_nodes:
+        raise ValueError(f"batch vector covers {int(sizes.sum())} nodes, expected {num_nodes}")
+    offsets = torch.cumsum(sizes, 0) - sizes
+    pairs_per_graph = sizes * sizes
+    graph_of_pair = torch.repeat_interleave(
+        torch.arange(sizes.numel(), device=device), pairs_per_graph
+    )
+    start = torch.cumsum(pairs_per_graph, 0) - pairs_per_graph
+    local = torch.arange(int(pairs_per_graph.sum()), device=device) - start[graph_of_pair]
+    n = sizes[graph_of_pair]
+    src = local // n
+    dst = local % n
+    keep = src != dst
+    offset = offsets[graph_of_pair]
+    return torch.stack([src[keep] + offset[keep], dst[keep] + offset[keep]])
+
+
+def radius_edges(
+    pos: Tensor,
+    cutoff: float,
+    batch: Tensor | None = None,
+    cell: Tensor | None = None,
+    pbc: Tensor | bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Pairs closer than ``cutoff`` inside each graph, computed with vesin.
+
+    Args:
+        pos: ``(N, 3)`` positions.
+        cutoff: radius (in the positions' unit).
+        batch: ``(N,)`` sorted graph index of each node, or ``None`` for one graph.
+        cell: ``(3, 3)`` or ``(G, 3, 3)`` lattice vectors as rows, for periodic graphs.
+        pbc: periodicity, a bool or ``(3,)``/``(G, 3)`` booleans.
+
+    Returns:
+        ``edge_index (2, E)`` and ``shift (E, 3)``, the Cartesian periodic image offset so that
+        ``r_ij = pos[j] - pos[i] + shift`` (zero without periodicity). Indices carry no gradient;
+        compute ``r_ij`` from ``pos`` (see :func:`edge_vectors`) to differentiate through it.
+    """
+    from vesin_torch import NeighborList
+
+    if cutoff <= 0:
+        raise ValueError(f"cutoff must be positive, got {cutoff}")
+    if pos.dim() != 2 or pos.shape[1] != 3:
+        raise ValueError(f"pos must have shape (num_nodes, 3), got {tuple(pos.shape)}")
+    sizes = _graph_sizes(batch, pos.shape[0], pos.device).tolist()
+    num_graphs = len(sizes)
+    pbc_t = (
+        torch.as_tensor(pbc, dtype=torch.bool).reshape(-1, 3)
+        if not isinstance(pbc, bool)
+        else torch.full((1, 3), pbc)
+    )
+    periodic = bool(pbc_t.any())
+    if periodic and cell is None:
+        raise ValueError("pbc is set but no cell was given")
+    cells = None
+    if cell is not None:
+        cells = (
+            cell.reshape(-1, 3, 3).expand(num_graphs, 3, 3)
+            if cell.numel() == 9
+            else cell.reshape(num_graphs, 3, 3)
+        )
+    calculator = NeighborList(cutoff=float(cutoff), full_list=True)
+    detached = pos.detach()
+    edges, shifts, offset = [], [], 0
+    for g, n in enumerate(sizes):
+        points = detached[offset : offset + n]
+        box = cells[g].detach().to(pos.dtype) if cells is not None else pos.new_zeros(3, 3)
+        flags = pbc_t[g if pbc_t.shape[0] > 1 else 0]
+        i, j, S = calculator.compute(
+            points=points.cpu(),
+            box=box.cpu(),
+            periodic=flags if periodic else False,
+            quantities="ijS",
+        )
+        edges.append(torch.stack([j, i]).to(pos.device) + offset)
+        shift = S.to(pos.dtype).to(pos.device) @ box if periodic else pos.new_zeros(len(i), 3)
+        shifts.append(shift)
+        offset += n
+    return torch.cat(edges, 1).long(), torch.cat(shifts, 0)
+
+
+def edge_vectors(pos: Tensor, edge_index: Tensor, shift: Tensor | None = None) -> Tensor:
+    """``r_ij = pos[j] - pos[i] (+ shift)`` for each edge ``(j → i)``; differentiable in ``pos``."""
+    vec = pos[edge_index[0]] - pos[edge_index[1]]
+    return vec if shift is None else vec + shift
+
+
+class FullyConnected(BaseTransform):
+    """Transform: set ``edge_index`` to all ordered pairs of distinct nodes of each graph."""
+
+    def forward(self, data: Data) -> Data:
+        data.edge_index = fully_connected_edges(
+            data.num_nodes, getattr(data, "batch", None), device=data.pos.device
+        )
+        return data
+
+
+class RadiusGraph(BaseTransform):
+    """Transform: set ``edge_index`` (and ``edge_shift`` when periodic) to the pairs within
+    ``cutoff``, using vesin (PyG's own ``RadiusGraph`` needs pyg-lib). Periodic graphs read
+    ``data.cell`` (3×3, rows are lattice vectors) and ``data.pbc``."""
+
+    def __init__(self, cutoff: float) -> None:
+        if cutoff <= 0:
+            raise ValueError(f"cutoff must be positive, got {cutoff}")
+        self.cutoff = cutoff
+
+    def forward(self, data: Data) -> Data:
+        pbc = getattr(data, "pbc", False)
+        cell = getattr(data, "cell", None)
+        edge_index, shift = radius_edges(
+            data.pos,
+            self.cutoff,
+            getattr(data, "batch", None),
+            cell=cell,
+            pbc=pbc if pbc is not None else False,
+        )
+        data.edge_index = edge_index
+        if cell is not None and bool(torch.as_tensor(pbc).any()):
+            data.edge_shift = shift
+        return data
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(cutoff={self.cutoff})"

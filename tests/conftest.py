@@ -1,0 +1,51 @@
+"""Shared fixtures: a real molecule (ASE) and random point clouds, batched, in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ase.build import molecule
+from torch_geometric.data import Batch, Data
+
+
+def molecule_data(
+    name: str = "CH3CH2OH", dtype: torch.dtype = torch.float64, seed: int = 0
+) -> Data:
+    """A molecule from ``ase.build.molecule`` with random velocities and charges."""
+    atoms = molecule(name)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(atoms)
+    return Data(
+        pos=torch.tensor(atoms.positions, dtype=dtype),
+        z=torch.tensor(atoms.numbers, dtype=torch.long),
+        vel=torch.randn(n, 3, generator=gen, dtype=dtype),
+        charges=(torch.randint(0, 2, (n,), generator=gen) * 2 - 1).to(dtype),
+    )
+
+
+def point_cloud(n: int, dtype: torch.dtype = torch.float64, seed: int = 0) -> Data:
+    """``n`` points with N(0, 1) positions, random velocities, ±1 charges and H/C/O species."""
+    gen = torch.Generator().manual_seed(seed)
+    return Data(
+        pos=torch.randn(n, 3, generator=gen, dtype=dtype),
+        z=torch.tensor([1, 6, 8])[torch.randint(0, 3, (n,), generator=gen)],
+        vel=torch.randn(n, 3, generator=gen, dtype=dtype),
+        charges=(torch.randint(0, 2, (n,), generator=gen) * 2 - 1).to(dtype),
+    )
+
+
+@pytest.fixture(params=["molecule", "point_cloud"])
+def batch64(request) -> Batch:
+    """A float64 batch: ethanol + water, or three random clouds (5, 7 and 1 points)."""
+    if request.param == "molecule":
+        return Batch.from_data_list([molecule_data("CH3CH2OH"), molecule_data("H2O", seed=1)])
+    return Batch.from_data_list(
+        [point_cloud(5, seed=1), point_cloud(7, seed=2), point_cloud(1, seed=3)]
+    )
+
+
+@pytest.fixture
+def batch32() -> Batch:
+    return Batch.from_data_list(
+        [molecule_data("CH3CH2OH", torch.float32), point_cloud(6, torch.float32, seed=4)]
+    )
