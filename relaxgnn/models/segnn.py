@@ -1,0 +1,176 @@
+"""SEGNN: a stack of :class:`~relaxgnn.nn.segnn_conv.SEGNNConv` layers with position, node or
+graph heads (Brandstetter et al., ICLR 2022)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+from e3nn import o3
+from torch import Tensor, nn
+from torch_geometric.data import Data
+from torch_geometric.utils import scatter
+
+from ..data.attributes import segnn_attributes
+from ..nn.checks import check_features
+from ..nn.o3_blocks import O3TensorProduct, O3TensorProductGate, balanced_irreps
+from ..nn.segnn_conv import SEGNNConv
+from ..symmetry.irreps import IrrepsLike, as_irreps
+from ..symmetry.signature import Signature
+from .inputs import GraphInputs
+from .pooling import Pool, pool
+
+Output = Literal["position", "node", "graph"]
+
+
+def centre_per_graph(pos: Tensor, batch: Tensor | None) -> Tensor:
+    """``pos`` minus the mean position of its own graph (translation invariant, rotation
+    equivariant). Not the per-node mean over x, y, z, which is neither."""
+    if batch is None:
+        return pos - pos.mean(0, keepdim=True)
+    return pos - scatter(pos, batch, dim=0, reduce="mean")[batch]
+
+
+class SEGNN(nn.Module):
+    r"""Steerable E(3)-equivariant graph network (Brandstetter et al. 2022).
+
+    .. math::
+        h^0_i = \tilde W_{a_i}\, f_i,\qquad
+        h^{t+1} = \mathrm{SEGNNConv}_t(h^t, a_i, a_{ij}, \lVert r_{ij}\rVert^2),
+
+    where :math:`f_i` are the input fields (any irreps), the element one-hot and, with
+    ``centred_position_input``, :math:`x_i - \bar x_{G(i)}` (the mean of the node's graph), and
+    :math:`\tilde W_a(x) = W(x \otimes a) + b`. The attributes :math:`a_{ij}, a_i` are spherical
+    harmonics up to ``lmax_attr`` (:func:`~relaxgnn.data.attributes.segnn_attributes`), with
+    :math:`Y(v_i)` added to :math:`a_i` when ``velocity_field`` is set (SEGNN's N-body model).
+    Heads: ``"node"`` returns :math:`\tilde W_{a_i}\sigma(\tilde W_{a_i} h^T_i)`, ``"position"``
+    returns :math:`x_i` plus that (a ``1x1o`` displacement; translated with the input), and
+    ``"graph"`` returns :math:`\tilde W\,\sigma(\tilde W\,\mathrm{pool}_i\,
+    \sigma(\tilde W_{a_i} h^T_i))` (after pooling there is no attribute: the maps are
+    equivariant linear layers).
+
+    Args:
+        fields: node fields with their irreps, e.g. ``{"vel": "1x1o", "charges": "1x0e"}``.
+        atomic_numbers: elements one-hot encoded from ``data.z``.
+        hidden_features: width of the scalar network whose weight count the hidden irreps
+            match (:func:`~relaxgnn.nn.o3_blocks.balanced_irreps`).
+        lmax: highest degree of the hidden irreps.
+        irreps_hidden: explicit hidden irreps (overrides ``hidden_features`` and ``lmax``).
+        lmax_attr: degree of the attributes (default ``lmax``).
+        velocity_field: a ``1x1o`` field whose spherical harmonics are added to :math:`a_i`.
+        centred_position_input: append positions centred per graph as a ``1x1o`` input.
+        output: ``"position"``, ``"node"`` or ``"graph"``.
+        irreps_out: output irreps (default ``1x1o`` for ``"position"``, else ``1x0e``).
+        pooling: ``"sum"`` or ``"mean"`` for the graph head.
+        cutoff: radius graph when the data has no ``edge_index`` (fully connected if ``None``).
+        aggr: neighbour aggregation of the layers, ``"sum"`` or ``"mean"``.
+
+    ``data.node_attr``, ``data.edge_attr`` and ``data.edge_dist`` are used when the data has
+    them and its own ``edge_index`` (from :class:`~relaxgnn.data.SEGNNAttributes`); otherwise
+    they are computed from ``pos``.
+    """
+
+    def __init__(
+        self,
+        fields: Mapping[str, str] | None = None,
+        atomic_numbers: Sequence[int] | None = None,
+        hidden_features: int = 64,
+        lmax: int = 1,
+        irreps_hidden: IrrepsLike | None = None,
+        lmax_attr: int | None = None,
+        num_layers: int = 4,
+        velocity_field: str | None = None,
+        centred_position_input: bool = False,
+        output: Output = "position",
+        irreps_out: IrrepsLike | None = None,
+        pooling: Pool = "sum",
+        cutoff: float | None = None,
+        aggr: Literal["sum", "mean"] = "sum",
+    ) -> None:
+        super().__init__()
+        if output not in ("position", "node", "graph"):
+            raise ValueError(f"output must be 'position', 'node' or 'graph', got {output!r}")
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if pooling not in ("sum", "mean"):
+            raise ValueError(f"pooling must be 'sum' or 'mean', got {pooling!r}")
+        self.inputs = GraphInputs(fields, atomic_numbers, cutoff)
+        self.lmax_attr = lmax if lmax_attr is None else lmax_attr
+        if self.lmax_attr < 0:
+            raise ValueError(f"lmax_attr must be >= 0, got {self.lmax_attr}")
+        self.velocity_field = velocity_field
+        self.centred_position_input = centred_position_input
+        self.output = output
+        self.pooling = pooling
+        self.irreps_out = as_irreps(irreps_out if irreps_out is not None
+                                    else "1x1o" if output == "position" else "1x0e")
+        if output == "position" and self.irreps_out != o3.Irreps("1x1o"):
+            raise ValueError(f"output='position' predicts a 1x1o displacement, got irreps_out "
+                             f"{self.irreps_out}")
+        self.irreps_attr = o3.Irreps.spherical_harmonics(self.lmax_attr)
+        self.irreps_hidden = as_irreps(irreps_hidden) if irreps_hidden is not None \
+            else balanced_irreps(hidden_features, lmax, self.irreps_attr)
+        self.irreps_in = self.inputs.irreps + (o3.Irreps("1x1o") if centred_position_input
+                                               else o3.Irreps(""))
+        H, A = self.irreps_hidden, self.irreps_attr
+        self.embedding = O3TensorProduct(self.irreps_in, A, H)
+        self.layers = nn.ModuleList(
+            SEGNNConv(H, H, H, A, edge_feature_dim=1, aggr=aggr) for _ in range(num_layers)
+        )
+        self.pre_head = O3TensorProductGate(H, A, H)
+        if output == "graph":
+            self.post_pool = O3TensorProductGate(H, None, H)
+            self.head = O3TensorProduct(H, None, self.irreps_out)
+        else:
+            self.post_pool = None
+            self.head = O3TensorProduct(H, A, self.irreps_out)
+
+    def reset_parameters(self) -> None:
+        for module in (self.embedding, *self.layers, self.pre_head, self.post_pool, self.head):
+            if module is not None:
+                module.reset_parameters()
+
+    @property
+    def signature(self) -> Signature:
+        irreps_in = {"pos": "1x1o", **{k: str(v) for k, v in self.inputs.fields.items()}}
+        if self.velocity_field:
+            irreps_in[self.velocity_field] = "1x1o"
+        if self.output == "position":
+            return Signature(irreps_in, "1x1o", "node", output_translates=True)
+        return Signature(irreps_in, self.irreps_out, self.output)
+
+    def attributes(self, data: Data, edge_index: Tensor, shift: Tensor | None
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(node_attr, edge_attr, edge_dist)``: precomputed ones if the data has them (with its
+        own ``edge_index``), else computed from ``pos``."""
+        names = ("edge_index", "node_attr", "edge_attr", "edge_dist")
+        if all(getattr(data, name, None) is not None for name in names):
+            N, E, d = data.pos.shape[0], edge_index.shape[1], self.irreps_attr.dim
+            return (check_features(data.node_attr, "node_attr", N, d),
+                    check_features(data.edge_attr, "edge_attr", E, d, what="edges"),
+                    check_features(data.edge_dist, "edge_dist", E, 1, what="edges"))
+        vel = None
+        if self.velocity_field:
+            vel = getattr(data, self.velocity_field, None)
+            if vel is None:
+                raise ValueError(f"the model reads velocities `{self.velocity_field}` but the "
+                                 "data has none")
+            vel = check_features(vel, self.velocity_field, data.pos.shape[0], 3).to(data.pos.dtype)
+        return segnn_attributes(data.pos, edge_index, self.lmax_attr, vel, shift)
+
+    def forward(self, data: Data) -> Tensor:
+        edge_index, shift, batch = self.inputs.graph(data)
+        node_attr, edge_attr, edge_dist = self.attributes(data, edge_index, shift)
+        f = self.inputs.node_features(data)
+        if self.centred_position_input:
+            f = torch.cat([f, centre_per_graph(data.pos, batch)], -1)
+        h = self.embedding(f, node_attr)
+        for layer in self.layers:
+            h = layer(h, edge_index, node_attr, edge_attr, edge_dist)
+        h = self.pre_head(h, node_attr)
+        if self.output == "graph":
+            h = pool(h, batch, self.pooling, getattr(data, "num_graphs", None))
+            return self.head(self.post_pool(h))
+        out = self.head(h, node_attr)
+        return data.pos + out if self.output == "position" else out

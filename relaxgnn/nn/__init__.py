@@ -1,0 +1,20 @@
+"""PyG message-passing layers (E(3)-equivariant) and their building blocks."""
+
+from .egnn_conv import EGNNConv
+from .mlp import MLP
+from .o3_blocks import O3TensorProduct, O3TensorProductGate, balanced_irreps
+from .radial import BesselBasis, PolynomialCutoff
+from .segnn_conv import SEGNNConv
+from .tp_conv import TensorProductConv
+
+__all__ = [
+    "MLP",
+    "BesselBasis",
+    "EGNNConv",
+    "O3TensorProduct",
+    "O3TensorProductGate",
+    "PolynomialCutoff",
+    "SEGNNConv",
+    "TensorProductConv",
+    "balanced_irreps",
+]

@@ -1,0 +1,67 @@
+"""Input validation shared by layers and models: errors that name the field and shape at fault."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def check_positions(pos: Tensor | None, name: str = "pos") -> Tensor:
+    """``pos`` must be a finite floating ``(num_nodes, 3)`` tensor."""
+    if pos is None:
+        raise ValueError(f"missing node positions `{name}` (expected shape (num_nodes, 3))")
+    if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[1] != 3:
+        shape = tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
+        raise ValueError(f"`{name}` must have shape (num_nodes, 3), got {shape}")
+    if not pos.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating tensor, got {pos.dtype}")
+    if not torch.isfinite(pos).all():
+        bad = (~torch.isfinite(pos)).any(-1).nonzero().flatten()[:5].tolist()
+        raise ValueError(f"`{name}` has non-finite values (NaN or inf) at nodes {bad}")
+    return pos
+
+
+def check_features(
+    x: Tensor | None, name: str, rows: int, width: int, what: str = "nodes"
+) -> Tensor:
+    """``x`` must be a ``(rows, width)`` tensor."""
+    if x is None:
+        raise ValueError(f"missing `{name}` (expected shape ({rows}, {width}))")
+    if x.dim() == 1 and width == 1:
+        x = x.unsqueeze(-1)
+    if x.dim() != 2 or x.shape[0] != rows or x.shape[1] != width:
+        raise ValueError(
+            f"`{name}` must have shape ({rows}, {width}) (one row per {what[:-1]}, "
+            f"{width} features), got {tuple(x.shape)}"
+        )
+    return x
+
+
+def check_edge_index(edge_index: Tensor | None, num_nodes: int) -> Tensor:
+    """``edge_index`` must be an integer ``(2, E)`` tensor with indices in ``[0, num_nodes)``."""
+    if edge_index is None:
+        raise ValueError("missing `edge_index` (expected shape (2, num_edges))")
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        raise ValueError(
+            f"`edge_index` must have shape (2, num_edges), got {tuple(edge_index.shape)}"
+        )
+    if edge_index.dtype not in (torch.long, torch.int32, torch.int64):
+        raise TypeError(f"`edge_index` must be an integer tensor, got {edge_index.dtype}")
+    if edge_index.numel() and (edge_index.min() < 0 or edge_index.max() >= num_nodes):
+        raise ValueError(
+            f"`edge_index` refers to node {int(edge_index.max())} but there are {num_nodes} nodes"
+        )
+    return edge_index
+
+
+def check_batch(batch: Tensor | None, num_nodes: int) -> Tensor | None:
+    """``batch`` must be ``(num_nodes,)``, non-negative and sorted (PyG's convention)."""
+    if batch is None:
+        return None
+    if batch.dim() != 1 or batch.shape[0] != num_nodes:
+        raise ValueError(
+            f"`batch` must have shape ({num_nodes},) to match `pos`, got {tuple(batch.shape)}"
+        )
+    if batch.numel() and (batch.min() < 0 or (batch[1:] < batch[:-1]).any()):
+        raise ValueError("`batch` must be non-negative and sorted (nodes of a graph contiguous)")
+    return batch

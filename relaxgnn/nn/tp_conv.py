@@ -1,0 +1,183 @@
+r"""NequIP interaction block (Batzner et al., Nat. Commun. 2022) as a PyG layer."""
+
+from __future__ import annotations
+
+import torch
+from e3nn import o3
+from e3nn.nn import FullyConnectedNet, Gate
+from torch import Tensor, nn
+from torch_geometric.nn import MessagePassing
+
+from ..data.graphs import edge_vectors
+from ..dtype import ExactWigner3j
+from ..symmetry.irreps import IrrepsLike, as_irreps
+from .checks import check_edge_index, check_features, check_positions
+from .radial import BesselBasis, PolynomialCutoff
+
+
+def reset_e3nn(module: nn.Module) -> None:
+    """Re-draw the weights of the e3nn modules inside ``module`` as e3nn initialises them:
+    ``N(0, 1)`` weights (e3nn normalises in the forward pass) and zero biases."""
+    for m in module.modules():
+        if isinstance(m, (o3.Linear, o3.TensorProduct)):
+            for name, p in m.named_parameters(recurse=False):
+                nn.init.zeros_(p) if name == "bias" else nn.init.normal_(p)
+        elif isinstance(m, FullyConnectedNet):
+            for p in m.parameters():
+                nn.init.normal_(p)
+
+
+class TensorProductConv(MessagePassing, ExactWigner3j):
+    r"""The NequIP interaction block: an E(3)-equivariant convolution of irreps features.
+
+    For each edge :math:`j \to i` with :math:`r_{ij} = x_j - x_i\,(+\,\text{shift})`:
+
+    .. math::
+        Y_{ij} &= Y\big(r_{ij} / \lVert r_{ij}\rVert\big), \qquad
+        R_{ij} = \mathrm{MLP}\big(e(\lVert r_{ij}\rVert)\big)\; u(\lVert r_{ij}\rVert) \\
+        m_{ij} &= \mathrm{TP}^{uvu}\big(W_1 h_j,\ Y_{ij};\ R_{ij}\big) \\
+        h_i' &= \mathrm{Gate}\Big(W_2\, \frac{1}{\sqrt{\bar n}} \sum_{j} m_{ij}\Big)
+              + \mathrm{SC}(h_i, a_i)
+
+    :math:`Y` are spherical harmonics (``"component"`` normalisation, ``irreps_sh``),
+    :math:`e` the :class:`~relaxgnn.nn.radial.BesselBasis`, :math:`u` the
+    :class:`~relaxgnn.nn.radial.PolynomialCutoff`, :math:`W_1, W_2` e3nn ``Linear`` maps and
+    :math:`\mathrm{TP}^{uvu}` a channel-wise tensor product whose path weights :math:`R_{ij}` come
+    from the radial MLP (only paths whose output irrep the layer needs). Messages are divided by
+    :math:`\sqrt{\bar n}` with :math:`\bar n` = ``avg_num_neighbors`` (NequIP's convention).
+    The gate applies SiLU to even scalars, tanh to odd scalars and multiplies each ``l > 0``
+    output by a sigmoid scalar. The self-connection is NequIP's
+    ``FullyConnectedTensorProduct(h_i, a_i)`` with node attributes :math:`a_i` (one-hot species),
+    or an e3nn ``Linear(h_i)`` without them; it is left out when no irrep of ``irreps_out`` can be
+    reached from ``irreps_in`` (⊗ ``irreps_node_attr``). Unlike NequIP, it is added after the gate
+    (a residual), not before.
+
+    Edges with :math:`\lVert r_{ij}\rVert \ge` ``cutoff`` contribute exactly 0 (the envelope),
+    so the graph's own cutoff (e.g. :class:`~relaxgnn.data.graphs.RadiusGraph`) should match
+    ``cutoff``: a larger graph radius only costs time, a smaller one truncates the interaction
+    non-smoothly. Zero-length edges (self-loops) are finite: :math:`Y = (1, 0, \dots)`.
+
+    The Clebsch–Gordan constants are kept exact in the layer's dtype after casts and checkpoint
+    loads (:class:`~relaxgnn.dtype.ExactWigner3j`), so ``.double()`` gives a float64 layer.
+
+    Args:
+        irreps_in: irreps of :math:`h`.
+        irreps_out: irreps of :math:`h'`; scalars (``l = 0``) must come first, and every irrep
+            must be reachable from ``irreps_in ⊗ irreps_sh``.
+        irreps_sh: spherical harmonics of the edge directions.
+        num_basis: number of Bessel functions.
+        cutoff: radius of the envelope (the positions' unit).
+        radial_hidden: width of the radial MLP.
+        radial_layers: hidden layers of the radial MLP.
+        avg_num_neighbors: :math:`\bar n`, the typical number of neighbours of a node.
+        irreps_node_attr: irreps of :math:`a_i` for the self-connection (``None``: no attributes).
+    """
+
+    def __init__(
+        self,
+        irreps_in: IrrepsLike,
+        irreps_out: IrrepsLike,
+        irreps_sh: IrrepsLike = "1x0e+1x1o+1x2e",
+        num_basis: int = 8,
+        cutoff: float = 5.0,
+        radial_hidden: int = 64,
+        radial_layers: int = 2,
+        avg_num_neighbors: float = 1.0,
+        irreps_node_attr: IrrepsLike | None = None,
+    ) -> None:
+        super().__init__(aggr="sum")
+        if avg_num_neighbors <= 0:
+            raise ValueError(f"avg_num_neighbors must be positive, got {avg_num_neighbors}")
+        self.irreps_in = as_irreps(irreps_in).simplify()
+        self.irreps_out = as_irreps(irreps_out).simplify()
+        self.irreps_sh = as_irreps(irreps_sh)
+        self.irreps_node_attr = None if irreps_node_attr is None else as_irreps(irreps_node_attr)
+        self.cutoff = float(cutoff)
+        self.avg_num_neighbors = float(avg_num_neighbors)
+
+        scalars = o3.Irreps([(m, ir) for m, ir in self.irreps_out if ir.l == 0])
+        gated = o3.Irreps([(m, ir) for m, ir in self.irreps_out if ir.l > 0])
+        if (scalars + gated).simplify() != self.irreps_out:
+            raise ValueError(f"irreps_out must list its scalars first, got {self.irreps_out}")
+        gates = o3.Irreps(f"{gated.num_irreps}x0e") if gated.num_irreps else o3.Irreps("")
+        self.gate = Gate(scalars, [torch.nn.functional.silu if ir.p == 1 else torch.tanh
+                                   for _, ir in scalars],
+                         gates, [torch.sigmoid] * len(gates), gated)
+
+        # uvu paths h_j ⊗ Y_ij → every irrep the gate needs (NequIP's InteractionBlock)
+        target = {ir for _, ir in self.gate.irreps_in}
+        mid, instructions = [], []
+        for i, (mul, ir_in) in enumerate(self.irreps_in):
+            for j, (_, ir_sh) in enumerate(self.irreps_sh):
+                for ir_out in ir_in * ir_sh:
+                    if ir_out in target:
+                        instructions.append((i, j, len(mid), "uvu", True))
+                        mid.append((mul, ir_out))
+        missing = target - {ir for _, ir in mid}
+        if missing:
+            raise ValueError(
+                f"irreps_out {self.irreps_out} (with the gates) needs {sorted(map(str, missing))}, "
+                f"which no path of {self.irreps_in} ⊗ {self.irreps_sh} produces")
+        mid, perm, _ = o3.Irreps(mid).sort()
+        instructions = [(i, j, perm[k], mode, train) for i, j, k, mode, train in instructions]
+
+        self.basis = BesselBasis(cutoff, num_basis)
+        self.envelope = PolynomialCutoff(cutoff)
+        self.linear_1 = o3.Linear(self.irreps_in, self.irreps_in)
+        self.tp = o3.TensorProduct(self.irreps_in, self.irreps_sh, mid, instructions,
+                                   shared_weights=False, internal_weights=False)
+        self.radial = FullyConnectedNet(
+            [num_basis] + radial_layers * [radial_hidden] + [self.tp.weight_numel],
+            torch.nn.functional.silu)
+        self.linear_2 = o3.Linear(mid.simplify(), self.gate.irreps_in)
+        if self.irreps_node_attr is None:
+            sc = o3.Linear(self.irreps_in, self.irreps_out)
+        else:
+            sc = o3.FullyConnectedTensorProduct(self.irreps_in, self.irreps_node_attr,
+                                                self.irreps_out)
+        self.sc = sc if sc.weight_numel > 0 else None
+        self.reset_parameters()
+        self._keep_wigner_3j_exact()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        self.basis.reset_parameters()
+        reset_e3nn(self)
+
+    def forward(
+        self,
+        x: Tensor,
+        pos: Tensor,
+        edge_index: Tensor,
+        node_attr: Tensor | None = None,
+        edge_shift: Tensor | None = None,
+    ) -> Tensor:
+        """Return :math:`h'`, ``(num_nodes, irreps_out.dim)``."""
+        N = pos.shape[0]
+        check_positions(pos)
+        x = check_features(x, "x", N, self.irreps_in.dim)
+        check_edge_index(edge_index, N)
+        if self.irreps_node_attr is not None:
+            node_attr = check_features(node_attr, "node_attr", N, self.irreps_node_attr.dim)
+        if edge_shift is not None:
+            check_features(edge_shift, "edge_shift", edge_index.shape[1], 3, what="edges")
+
+        vec = edge_vectors(pos, edge_index, edge_shift)
+        r = vec.norm(dim=-1)
+        sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True,
+                                    normalization="component")
+        weight = self.radial(self.basis(r)) * self.envelope(r).unsqueeze(-1)
+        agg = self.propagate(edge_index, x=self.linear_1(x), sh=sh, weight=weight, size=(N, N))
+        out = self.gate(self.linear_2(agg / self.avg_num_neighbors**0.5))
+        if self.sc is not None:
+            out = out + (self.sc(x) if self.irreps_node_attr is None else self.sc(x, node_attr))
+        # relaxation path (issue 3): h' = f_eq(h) + θ·g(h, x) is added here
+        return out
+
+    def message(self, x_j: Tensor, sh: Tensor, weight: Tensor) -> Tensor:
+        return self.tp(x_j, sh, weight)
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}({self.irreps_in} -> {self.irreps_out}, "
+                f"sh={self.irreps_sh}, cutoff={self.cutoff}, "
+                f"avg_num_neighbors={self.avg_num_neighbors})")
