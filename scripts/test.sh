@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 echo "[test] ruff check"
-.venv/bin/ruff check relaxgnn tests
+.venv/bin/ruff check relaxgnn tests benchmarks
 echo "[test] pytest"
 set +e
 .venv/bin/python -m pytest "$@"

@@ -11,6 +11,7 @@ from torch_geometric.data import Data
 
 from ..nn.egnn_conv import EGNNConv
 from ..nn.mlp import MLP
+from ..relax.path import RelaxConfig
 from ..symmetry.irreps import as_irreps
 from ..symmetry.signature import Signature
 from .inputs import GraphInputs
@@ -41,6 +42,9 @@ class EGNN(nn.Module):
         output: ``"position"``, ``"node"`` or ``"graph"`` (``out_channels`` scalars for the
             last two).
         cutoff: radius graph when the data has no ``edge_index`` (fully connected if ``None``).
+        relax: relaxation paths in every layer (``"linear"``, ``"mlp"``, a mapping of
+            :class:`~relaxgnn.relax.RelaxConfig` fields, or ``None``); drive them with
+            :class:`~relaxgnn.relax.Relaxation`, remove them with :func:`~relaxgnn.relax.project`.
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class EGNN(nn.Module):
         normalize: bool = False,
         coord_tanh: bool = False,
         coord_clamp: float | None = 100.0,
+        relax: RelaxConfig | str | Mapping | None = None,
     ) -> None:
         super().__init__()
         if output not in ("position", "node", "graph"):
@@ -73,6 +78,7 @@ class EGNN(nn.Module):
         self.output = output
         self.pooling = pooling
         self.out_channels = out_channels
+        self.relax = RelaxConfig.parse(relax)
         in_dim = self.inputs.irreps.dim + (1 if velocity_field else 0)
         self.embedding = nn.Linear(in_dim, hidden_channels)
         self.layers = nn.ModuleList(
@@ -87,6 +93,7 @@ class EGNN(nn.Module):
                 normalize=normalize,
                 coord_tanh=coord_tanh,
                 coord_clamp=coord_clamp,
+                relax=self.relax,
             )
             for k in range(num_layers)
         )

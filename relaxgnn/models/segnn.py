@@ -16,6 +16,7 @@ from ..data.attributes import segnn_attributes
 from ..nn.checks import check_features
 from ..nn.o3_blocks import O3TensorProduct, O3TensorProductGate, balanced_irreps
 from ..nn.segnn_conv import SEGNNConv
+from ..relax.path import RelaxConfig
 from ..symmetry.irreps import IrrepsLike, as_irreps
 from ..symmetry.signature import Signature
 from .inputs import GraphInputs
@@ -65,6 +66,9 @@ class SEGNN(nn.Module):
         pooling: ``"sum"`` or ``"mean"`` for the graph head.
         cutoff: radius graph when the data has no ``edge_index`` (fully connected if ``None``).
         aggr: neighbour aggregation of the layers, ``"sum"`` or ``"mean"``.
+        relax: relaxation paths in every layer (``"linear"``, ``"mlp"``, a mapping of
+            :class:`~relaxgnn.relax.RelaxConfig` fields, or ``None``); drive them with
+            :class:`~relaxgnn.relax.Relaxation`, remove them with :func:`~relaxgnn.relax.project`.
 
     ``data.node_attr``, ``data.edge_attr`` and ``data.edge_dist`` are used when the data has
     them and its own ``edge_index`` (from :class:`~relaxgnn.data.SEGNNAttributes`); otherwise
@@ -87,6 +91,7 @@ class SEGNN(nn.Module):
         pooling: Pool = "sum",
         cutoff: float | None = None,
         aggr: Literal["sum", "mean"] = "sum",
+        relax: RelaxConfig | str | Mapping | None = None,
     ) -> None:
         super().__init__()
         if output not in ("position", "node", "graph"):
@@ -96,6 +101,7 @@ class SEGNN(nn.Module):
         if pooling not in ("sum", "mean"):
             raise ValueError(f"pooling must be 'sum' or 'mean', got {pooling!r}")
         self.inputs = GraphInputs(fields, atomic_numbers, cutoff)
+        self.relax = RelaxConfig.parse(relax)
         self.lmax_attr = lmax if lmax_attr is None else lmax_attr
         if self.lmax_attr < 0:
             raise ValueError(f"lmax_attr must be >= 0, got {self.lmax_attr}")
@@ -116,7 +122,8 @@ class SEGNN(nn.Module):
         H, A = self.irreps_hidden, self.irreps_attr
         self.embedding = O3TensorProduct(self.irreps_in, A, H)
         self.layers = nn.ModuleList(
-            SEGNNConv(H, H, H, A, edge_feature_dim=1, aggr=aggr) for _ in range(num_layers)
+            SEGNNConv(H, H, H, A, edge_feature_dim=1, aggr=aggr, relax=self.relax)
+            for _ in range(num_layers)
         )
         self.pre_head = O3TensorProductGate(H, A, H)
         if output == "graph":
@@ -167,7 +174,7 @@ class SEGNN(nn.Module):
             f = torch.cat([f, centre_per_graph(data.pos, batch)], -1)
         h = self.embedding(f, node_attr)
         for layer in self.layers:
-            h = layer(h, edge_index, node_attr, edge_attr, edge_dist)
+            h = layer(h, edge_index, node_attr, edge_attr, edge_dist, pos=data.pos)
         h = self.pre_head(h, node_attr)
         if self.output == "graph":
             h = pool(h, batch, self.pooling, getattr(data, "num_graphs", None))

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from ..nn.tp_conv import TensorProductConv, reset_e3nn
+from ..relax.path import RelaxConfig
 from ..symmetry.irreps import IrrepsLike, as_irreps
 from ..symmetry.signature import Signature
 from .inputs import GraphInputs
@@ -75,6 +76,9 @@ class TPNet(nn.Module):
         output: ``"node"`` or ``"graph"``.
         irreps_out: irreps of the output; each irrep must occur in the hidden irreps.
         pooling: ``"sum"`` or ``"mean"`` for ``output="graph"``.
+        relax: relaxation paths in every layer (``"linear"``, ``"mlp"``, a mapping of
+            :class:`~relaxgnn.relax.RelaxConfig` fields, or ``None``); drive them with
+            :class:`~relaxgnn.relax.Relaxation`, remove them with :func:`~relaxgnn.relax.project`.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class TPNet(nn.Module):
         output: Output = "graph",
         irreps_out: IrrepsLike = "1x0e",
         pooling: Pool = "sum",
+        relax: RelaxConfig | str | Mapping | None = None,
     ) -> None:
         super().__init__()
         if output not in ("node", "graph"):
@@ -102,6 +107,7 @@ class TPNet(nn.Module):
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         self.inputs = GraphInputs(fields, atomic_numbers, cutoff)
+        self.relax = RelaxConfig.parse(relax)
         self.output = output
         self.pooling = pooling
         self.irreps_hidden = (hidden_irreps(hidden_features, lmax) if irreps_hidden is None
@@ -123,7 +129,8 @@ class TPNet(nn.Module):
             layer = TensorProductConv(
                 irreps, _keep(self.irreps_hidden, reachable), self.irreps_sh, num_basis, cutoff,
                 radial_hidden, radial_layers,
-                1.0 if avg_num_neighbors is None else avg_num_neighbors, self.irreps_node_attr)
+                1.0 if avg_num_neighbors is None else avg_num_neighbors, self.irreps_node_attr,
+                relax=self.relax)
             self.layers.append(layer)
             irreps = layer.irreps_out
         missing = {ir for _, ir in self.irreps_out} - {ir for _, ir in irreps}

@@ -9,6 +9,7 @@ from torch import Tensor
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
+from ..relax.path import RelaxConfig, build_paths
 from .checks import check_edge_index, check_features, check_positions
 from .mlp import MLP
 
@@ -33,6 +34,12 @@ class EGNNConv(MessagePassing):
     :math:`\lVert\Delta_i\rVert`. :math:`h` and :math:`a_{ij}` are invariant, so :math:`h'` is
     E(3)-invariant and :math:`x'` E(3)-equivariant (translations included).
 
+    With ``relax`` set, the updates get relaxation paths (:mod:`relaxgnn.relax`) that see
+    :math:`u_i = [h_i \Vert x_i \Vert v_i]` (positions and velocities as plain numbers):
+    :math:`h_i' \mathrel{+}= \theta\, g_h(u_i)` (target ``"features"``) and
+    :math:`\Delta_i \mathrel{+}= \theta\, g_x(u_i)` (target ``"coords"``). At θ = 0 they are
+    not evaluated.
+
     Args:
         in_channels: width of :math:`h`.
         out_channels: width of :math:`h'` (a residual is used when equal to ``in_channels``).
@@ -42,6 +49,8 @@ class EGNNConv(MessagePassing):
         update_coords: compute :math:`x'`; otherwise :math:`x' = x`.
         update_features: compute :math:`h'`; otherwise :math:`h' = h` (the last layer of a
             model that predicts positions needs no :math:`\phi_h`).
+        relax: relaxation paths (a :class:`~relaxgnn.relax.RelaxConfig`, ``"linear"``,
+            ``"mlp"`` or ``None``).
     """
 
     def __init__(
@@ -59,6 +68,7 @@ class EGNNConv(MessagePassing):
         coord_range: float = 15.0,
         coord_clamp: float | None = 100.0,
         eps: float = 1e-8,
+        relax: RelaxConfig | str | None = None,
     ) -> None:
         super().__init__(aggr="sum")
         if coord_aggr not in ("mean", "sum"):
@@ -84,13 +94,28 @@ class EGNNConv(MessagePassing):
         self.node_mlp = MLP([in_channels + H, H, self.out_channels]) if update_features else None
         self.coord_mlp = MLP([H, H, 1], last_bias=False, last_gain=1e-3) if update_coords else None
         self.vel_mlp = MLP([in_channels, H, 1]) if velocity and update_coords else None
+        self.relax = RelaxConfig.parse(relax)
+        offered = [t for t, on in (("features", update_features), ("coords", update_coords)) if on]
+        path_in = f"{in_channels}x0e"
+        position_columns: tuple[int, ...] = ()
+        if self.relax is not None and self.relax.positions:
+            path_in, position_columns = path_in + "+1x1o", (in_channels,)
+        if velocity:
+            path_in += "+1x1o"
+        outputs = {"features": f"{self.out_channels}x0e", "coords": "1x1o"}
+        paths = build_paths(self.relax, {
+            f"relax_{t}": (path_in, outputs[t], position_columns) for t in offered
+            if self.relax is not None and self.relax.wants(t, offered)})
+        self.relax_features = paths.get("relax_features")
+        self.relax_coords = paths.get("relax_coords")
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        for mlp in (self.edge_mlp, self.node_mlp, self.coord_mlp, self.vel_mlp):
-            if mlp is not None:
-                mlp.reset_parameters()
+        for module in (self.edge_mlp, self.node_mlp, self.coord_mlp, self.vel_mlp,
+                       self.relax_features, self.relax_coords):
+            if module is not None:
+                module.reset_parameters()
 
     def forward(
         self,
@@ -109,7 +134,7 @@ class EGNNConv(MessagePassing):
             edge_attr = check_features(
                 edge_attr, "edge_attr", edge_index.shape[1], self.edge_dim, what="edges"
             )
-        if self.vel_mlp is not None:
+        if self.velocity:
             if vel is None:
                 raise ValueError("EGNNConv(velocity=True) needs `vel` of shape (num_nodes, 3)")
             check_positions(vel, "vel")
@@ -119,18 +144,27 @@ class EGNNConv(MessagePassing):
         dist2 = rel.pow(2).sum(-1, keepdim=True)
         feats = [x[i], x[j], dist2] + ([edge_attr] if self.edge_dim else [])
         m = self.edge_mlp(torch.cat(feats, -1))
+        u = self._path_input(x, pos, vel)
         h_out = x
         if self.node_mlp is not None:
             m_i = scatter(m, i, dim=0, dim_size=N, reduce="sum")
-            # relaxation path (issue 3): h_out = f_eq(h) + θ·g(h, x) is added here
             h_out = self.node_mlp(torch.cat([x, m_i], -1))
             if self.out_channels == self.in_channels:
                 h_out = h_out + x
+            if u is not None and self.relax_features is not None and self.relax_features.active:
+                h_out = h_out + self.relax_features(u)
         if self.coord_mlp is None:
             return h_out, pos
-        return h_out, pos + self._coord_update(x, pos, rel, dist2, m, i, vel)
+        return h_out, pos + self._coord_update(x, pos, rel, dist2, m, i, vel, u)
 
-    def _coord_update(self, x, pos, rel, dist2, m, i, vel) -> Tensor:
+    def _path_input(self, x: Tensor, pos: Tensor, vel: Tensor | None) -> Tensor | None:
+        r""":math:`u_i = [h_i \Vert x_i \Vert v_i]` when some path is active, else ``None``."""
+        if not any(p is not None and p.active for p in (self.relax_features, self.relax_coords)):
+            return None
+        parts = [x] + ([pos] if self.relax.positions else []) + ([vel] if self.velocity else [])
+        return torch.cat(parts, -1)
+
+    def _coord_update(self, x, pos, rel, dist2, m, i, vel, u) -> Tensor:
         N = pos.shape[0]
         if self.normalize:
             rel = rel / (dist2.sqrt() + self.eps)
@@ -143,7 +177,8 @@ class EGNNConv(MessagePassing):
             delta = delta * torch.clamp(self.coord_clamp / (norm + self.eps), max=1.0)
         if self.vel_mlp is not None:
             delta = delta + self.vel_mlp(x) * vel
-        # relaxation path (issue 3): Δ = Δ_eq + θ·g(h, x) is added here
+        if u is not None and self.relax_coords is not None and self.relax_coords.active:
+            delta = delta + self.relax_coords(u)
         return delta
 
     def __repr__(self) -> str:

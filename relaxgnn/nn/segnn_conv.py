@@ -8,8 +8,9 @@ import torch
 from torch import Tensor
 from torch_geometric.nn import MessagePassing
 
+from ..relax.path import RelaxConfig, build_paths
 from ..symmetry.irreps import IrrepsLike, as_irreps
-from .checks import check_edge_index, check_features
+from .checks import check_edge_index, check_features, check_positions
 from .o3_blocks import O3TensorProduct, O3TensorProductGate
 
 
@@ -37,6 +38,11 @@ class SEGNNConv(MessagePassing):
     per-node normalisation or centring of the features: statistics taken over all components
     of a node's feature vector mix the irreps and break equivariance.
 
+    With ``relax`` set, the update gets a relaxation path (:mod:`relaxgnn.relax`, target
+    ``"update"``) that sees :math:`u_i = [h_i \Vert a_i \Vert x_i]` as plain numbers
+    (:math:`x_i` only if the config's ``positions``): :math:`h_i' \mathrel{+}= \theta\,
+    g(u_i)`. At θ = 0 it is not evaluated.
+
     Args:
         irreps_in: irreps of :math:`h`.
         irreps_out: irreps of :math:`h'` (default ``irreps_in``).
@@ -47,6 +53,8 @@ class SEGNNConv(MessagePassing):
             ``lmax``; default ``lmax = 1``).
         edge_feature_dim: number of invariant edge features :math:`e_{ij}` (``0`` for none).
         aggr: ``"sum"`` or ``"mean"`` over neighbours.
+        relax: relaxation path (a :class:`~relaxgnn.relax.RelaxConfig`, ``"linear"``,
+            ``"mlp"`` or ``None``).
     """
 
     def __init__(
@@ -57,6 +65,7 @@ class SEGNNConv(MessagePassing):
         irreps_attr: IrrepsLike = "1x0e+1x1o",
         edge_feature_dim: int = 1,
         aggr: Literal["sum", "mean"] = "sum",
+        relax: RelaxConfig | str | None = None,
     ) -> None:
         if aggr not in ("sum", "mean"):
             raise ValueError(f"aggr must be 'sum' or 'mean', got {aggr!r}")
@@ -78,13 +87,21 @@ class SEGNNConv(MessagePassing):
         self.update_layer_1 = O3TensorProductGate(self.irreps_in + H, A, H)
         self.update_layer_2 = O3TensorProduct(H, A, self.irreps_out)
         self.residual = self.irreps_in == self.irreps_out
+        self.relax = RelaxConfig.parse(relax)
+        with_pos = self.relax is not None and self.relax.positions
+        path_in = self.irreps_in + A + (as_irreps("1x1o") if with_pos else as_irreps(""))
+        columns = (self.irreps_in.dim + A.dim,) if with_pos else ()
+        wanted = self.relax is not None and self.relax.wants("update", ["update"])
+        self.relax_update = build_paths(self.relax if wanted else None,
+                                        {"update": (path_in, self.irreps_out, columns)})["update"]
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
         for layer in (self.message_layer_1, self.message_layer_2, self.update_layer_1,
-                      self.update_layer_2):
-            layer.reset_parameters()
+                      self.update_layer_2, self.relax_update):
+            if layer is not None:
+                layer.reset_parameters()
 
     def forward(
         self,
@@ -93,6 +110,7 @@ class SEGNNConv(MessagePassing):
         node_attr: Tensor,
         edge_attr: Tensor,
         edge_feat: Tensor | None = None,
+        pos: Tensor | None = None,
     ) -> Tensor:
         """Return :math:`h'`, ``(num_nodes, irreps_out.dim)``.
 
@@ -102,6 +120,7 @@ class SEGNNConv(MessagePassing):
             node_attr: ``(N, irreps_attr.dim)`` node attributes :math:`a_i`.
             edge_attr: ``(E, irreps_attr.dim)`` edge attributes :math:`a_{ij}`.
             edge_feat: ``(E, edge_feature_dim)`` invariant edge features :math:`e_{ij}`.
+            pos: ``(N, 3)`` positions, read only by an active relaxation path that sees them.
         """
         N = x.shape[0] if isinstance(x, Tensor) and x.dim() > 0 else 0
         x = check_features(x, "x", N, self.irreps_in.dim)
@@ -116,10 +135,18 @@ class SEGNNConv(MessagePassing):
             edge_feat = None
         m = self.propagate(edge_index, x=x, edge_attr=edge_attr, edge_feat=edge_feat,
                            size=(N, N))
-        # relaxation path (issue 3): h_out = f_eq(h) + θ·g(h, a) is added here
         h = self.update_layer_1(torch.cat([x, m], -1), node_attr)
         h = self.update_layer_2(h, node_attr)
-        return h + x if self.residual else h
+        if self.residual:
+            h = h + x
+        if self.relax_update is not None and self.relax_update.active:
+            parts = [x, node_attr]
+            if self.relax.positions:
+                if pos is None:
+                    raise ValueError("this SEGNNConv's relaxation path sees positions: pass `pos`")
+                parts.append(check_positions(pos))
+            h = h + self.relax_update(torch.cat(parts, -1))
+        return h
 
     def message(self, x_i: Tensor, x_j: Tensor, edge_attr: Tensor,
                 edge_feat: Tensor | None) -> Tensor:

@@ -10,6 +10,7 @@ from torch_geometric.nn import MessagePassing
 
 from ..data.graphs import edge_vectors
 from ..dtype import ExactWigner3j
+from ..relax.path import RelaxConfig, build_paths
 from ..symmetry.irreps import IrrepsLike, as_irreps
 from .checks import check_edge_index, check_features, check_positions
 from .radial import BesselBasis, PolynomialCutoff
@@ -52,6 +53,11 @@ class TensorProductConv(MessagePassing, ExactWigner3j):
     reached from ``irreps_in`` (⊗ ``irreps_node_attr``). Unlike NequIP, it is added after the gate
     (a residual), not before.
 
+    With ``relax`` set, the update gets a relaxation path (:mod:`relaxgnn.relax`, target
+    ``"update"``) that sees :math:`u_i = [h_i \Vert a_i \Vert x_i]` as plain numbers
+    (:math:`a_i` when given, :math:`x_i` if the config's ``positions``):
+    :math:`h_i' \mathrel{+}= \theta\, g(u_i)`. At θ = 0 it is not evaluated.
+
     Edges with :math:`\lVert r_{ij}\rVert \ge` ``cutoff`` contribute exactly 0 (the envelope),
     so the graph's own cutoff (e.g. :class:`~relaxgnn.data.graphs.RadiusGraph`) should match
     ``cutoff``: a larger graph radius only costs time, a smaller one truncates the interaction
@@ -71,6 +77,8 @@ class TensorProductConv(MessagePassing, ExactWigner3j):
         radial_layers: hidden layers of the radial MLP.
         avg_num_neighbors: :math:`\bar n`, the typical number of neighbours of a node.
         irreps_node_attr: irreps of :math:`a_i` for the self-connection (``None``: no attributes).
+        relax: relaxation path (a :class:`~relaxgnn.relax.RelaxConfig`, ``"linear"``,
+            ``"mlp"`` or ``None``).
     """
 
     def __init__(
@@ -84,6 +92,7 @@ class TensorProductConv(MessagePassing, ExactWigner3j):
         radial_layers: int = 2,
         avg_num_neighbors: float = 1.0,
         irreps_node_attr: IrrepsLike | None = None,
+        relax: RelaxConfig | str | None = None,
     ) -> None:
         super().__init__(aggr="sum")
         if avg_num_neighbors <= 0:
@@ -136,6 +145,14 @@ class TensorProductConv(MessagePassing, ExactWigner3j):
             sc = o3.FullyConnectedTensorProduct(self.irreps_in, self.irreps_node_attr,
                                                 self.irreps_out)
         self.sc = sc if sc.weight_numel > 0 else None
+        self.relax = RelaxConfig.parse(relax)
+        path_in = self.irreps_in + (self.irreps_node_attr or o3.Irreps(""))
+        columns: tuple[int, ...] = ()
+        if self.relax is not None and self.relax.positions:
+            path_in, columns = path_in + o3.Irreps("1x1o"), (path_in.dim,)
+        wanted = self.relax is not None and self.relax.wants("update", ["update"])
+        self.relax_update = build_paths(self.relax if wanted else None,
+                                        {"update": (path_in, self.irreps_out, columns)})["update"]
         self.reset_parameters()
         self._keep_wigner_3j_exact()
 
@@ -143,6 +160,8 @@ class TensorProductConv(MessagePassing, ExactWigner3j):
         super().reset_parameters()
         self.basis.reset_parameters()
         reset_e3nn(self)
+        if self.relax_update is not None:
+            self.relax_update.reset_parameters()
 
     def forward(
         self,
@@ -171,7 +190,10 @@ class TensorProductConv(MessagePassing, ExactWigner3j):
         out = self.gate(self.linear_2(agg / self.avg_num_neighbors**0.5))
         if self.sc is not None:
             out = out + (self.sc(x) if self.irreps_node_attr is None else self.sc(x, node_attr))
-        # relaxation path (issue 3): h' = f_eq(h) + θ·g(h, x) is added here
+        if self.relax_update is not None and self.relax_update.active:
+            parts = [x] + ([node_attr] if self.irreps_node_attr is not None else [])
+            parts += [pos] if self.relax.positions else []
+            out = out + self.relax_update(torch.cat(parts, -1))
         return out
 
     def message(self, x_j: Tensor, sh: Tensor, weight: Tensor) -> Tensor:

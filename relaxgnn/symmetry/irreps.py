@@ -8,7 +8,7 @@ limit float64 equivariance tests.
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 
 import torch
 from e3nn import o3
@@ -42,12 +42,16 @@ def so3_generators(irreps: IrrepsLike, dtype: torch.dtype | None = None) -> torc
     Then :math:`D(\exp(t A_k)) = \exp(t\, d\rho(A_k))`. Parity does not enter: it is a discrete
     symmetry with no generator.
     """
-    irreps = as_irreps(irreps)
-    dtype = dtype or torch.get_default_dtype()
-    blocks = [_generators_l(ir.l) for mul, ir in irreps for _ in range(mul)]
+    return _generators(str(as_irreps(irreps))).to(dtype or torch.get_default_dtype(), copy=True)
+
+
+@lru_cache(maxsize=256)
+def _generators(irreps: str) -> torch.Tensor:
+    """float64 generators of ``irreps``, cached (they are needed at every penalty evaluation)."""
+    blocks = [_generators_l(ir.l) for mul, ir in o3.Irreps(irreps) for _ in range(mul)]
     if not blocks:
-        return torch.zeros(3, 0, 0, dtype=dtype)
-    return torch.stack([torch.block_diag(*(b[k] for b in blocks)) for k in range(3)]).to(dtype)
+        return torch.zeros(3, 0, 0, dtype=torch.float64)
+    return torch.stack([torch.block_diag(*(b[k] for b in blocks)) for k in range(3)])
 
 
 def _rotation_vector(R: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,133 @@
+"""Cost of relaxation: training-step time of a relaxed SEGNN (penalties included) against the
+plain SEGNN, and forward time of the projected model against the plain model.
+
+Configuration of the paper's N-body experiment: 4 layers, 64 hidden features weight-balanced
+with lmax 1 (32x0e+32x1o), a batch of 100 five-particle graphs (fully connected), inputs
+velocity and charge, positions centred per graph, velocity harmonics in the node attributes.
+
+    .venv/bin/python benchmarks/relaxation_overhead.py [--threads 2] [--repeats 40]
+
+Prints a table; the numbers measured on this project's machine are in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from datetime import date
+
+import torch
+from torch_geometric.data import Batch, Data
+
+from relaxgnn.data import FullyConnected
+from relaxgnn.models import SEGNN
+from relaxgnn.relax import Constant, Relaxation, project
+
+
+def nbody_batch(graphs: int = 100, particles: int = 5, seed: int = 0) -> Batch:
+    gen = torch.Generator().manual_seed(seed)
+    data = [Data(pos=torch.randn(particles, 3, generator=gen),
+                 vel=torch.randn(particles, 3, generator=gen),
+                 charges=(torch.randint(0, 2, (particles, 1), generator=gen) * 2 - 1).float())
+            for _ in range(graphs)]
+    return FullyConnected()(Batch.from_data_list(data))
+
+
+def segnn(relax) -> SEGNN:
+    torch.manual_seed(0)
+    return SEGNN({"vel": "1x1o", "charges": "1x0e"}, hidden_features=64, lmax=1, num_layers=4,
+                 velocity_field="vel", centred_position_input=True, output="position",
+                 relax=relax)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = (line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            return next(names)
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def timed(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    batch = nbody_batch().to(device)
+    target = torch.randn(batch.num_nodes, 3, device=device)
+
+    plain = segnn(None).to(device)
+    relaxed = segnn("linear").to(device)
+    relax = Relaxation(relaxed, Constant(0.5, 10**6), lie_weight=0.01, norm_weight=0.01)
+
+    def step_fn(model, controller=None):
+        optimizer = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-12)
+
+        def step():
+            loss = (model(batch) - target).pow(2).mean()
+            if controller is not None:
+                loss = loss + controller.penalty()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        return step
+
+    def forward_fn(model):
+        def forward():
+            with torch.no_grad():
+                model(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        return forward
+
+    projected = project(relaxed).eval()
+    plain.eval()
+    arms = {
+        "train step: plain": step_fn(plain),
+        "train step: relaxed (θ=0.5, penalties)": step_fn(relaxed, relax),
+        "forward: plain": forward_fn(plain),
+        "forward: projected": forward_fn(projected),
+    }
+    plain.train()
+    for fn in arms.values():
+        timed(fn, args.warmup)
+    samples: dict[str, list[float]] = {name: [] for name in arms}
+    for _ in range(args.repeats):  # interleaved, so drift hits every arm alike
+        for name, fn in arms.items():
+            samples[name] += timed(fn, 1)
+    median = {name: statistics.median(t) * 1e3 for name, t in samples.items()}
+
+    print(f"relaxation overhead — SEGNN 4×(32x0e+32x1o), batch 100×5 particles, {device}, "
+          f"{args.threads} threads, median of {args.repeats}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    print(f"machine: {where}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"{date.today()}")
+    print(f"{'arm':<42}{'median ms':>10}")
+    for name, ms in median.items():
+        print(f"{name:<42}{ms:>10.1f}")
+    step_ratio = median["train step: relaxed (θ=0.5, penalties)"] / median["train step: plain"]
+    fwd_ratio = median["forward: projected"] / median["forward: plain"]
+    print(f"training-step ratio relaxed/plain: {step_ratio:.3f} (target <= 1.15)")
+    print(f"forward ratio projected/plain:     {fwd_ratio:.3f} (target 1.00 within noise)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Constraint relaxation on every model: θ = 0 is the plain model, θ > 0 breaks equivariance,
+projection restores it exactly, penalties train only the paths, checkpoints keep θ."""
+
+import copy
+
+import pytest
+import torch
+from conftest import molecule_data, point_cloud
+from torch_geometric.data import Batch
+
+from relaxgnn.dtype import default_dtype
+from relaxgnn.models import EGNN, SEGNN, TPNet
+from relaxgnn.relax import (
+    Constant,
+    LinearDecay,
+    Relaxation,
+    RelaxationPath,
+    RelaxConfig,
+    Triangle,
+    find_paths,
+)
+from relaxgnn.symmetry import equivariance_error
+
+BUILDERS = {
+    "EGNN": lambda relax: EGNN({"charges": "1x0e"}, velocity_field="vel", pair_fields=["charges"],
+                               hidden_channels=8, num_layers=2, relax=relax),
+    "SEGNN": lambda relax: SEGNN({"charges": "1x0e"}, [1, 6, 8], irreps_hidden="4x0e+2x1o",
+                                 num_layers=2, velocity_field="vel", relax=relax),
+    "TPNet": lambda relax: TPNet(atomic_numbers=[1, 6, 8], irreps_hidden="4x0e+2x1o+2x1e",
+                                 num_layers=2, cutoff=3.0, output="node", irreps_out="1x0e+1x1o",
+                                 relax=relax),
+}
+KINDS = ["linear", {"kind": "mlp", "hidden": 8}]
+
+
+def build(name, relax, seed=0):
+    torch.manual_seed(seed)
+    with default_dtype(torch.float64):
+        return BUILDERS[name](relax)
+
+
+def data():
+    return Batch.from_data_list([molecule_data("CH3CH2OH"), point_cloud(5, seed=3)])
+
+
+def train(model, relax, steps=5, lr=1e-2):
+    """A few Adam steps on a random (non-equivariant) target, penalty included."""
+    batch = data()
+    target = torch.randn_like(model(batch))
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for i in range(steps):
+        relax.step(i)
+        loss = (model(batch) - target).pow(2).mean() + relax.penalty()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def count_path_calls(model):
+    calls = []
+    for path in find_paths(model).values():
+        path.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=["linear", "mlp"])
+@pytest.mark.parametrize("name", BUILDERS)
+def test_theta_zero_is_the_plain_model_bit_for_bit(name, kind):
+    plain, relaxed = build(name, None), build(name, kind)
+    paths = find_paths(relaxed)
+    assert len(paths) >= 2 and not find_paths(plain)
+    plain_state = plain.state_dict()
+    relaxed_state = {k: v for k, v in relaxed.state_dict().items() if k in plain_state}
+    assert all(torch.equal(plain_state[k], relaxed_state[k]) for k in plain_state)
+    calls = count_path_calls(relaxed)
+    batch = data()
+    assert torch.equal(relaxed(batch), plain(batch))
+    assert calls == []  # θ = 0: no path evaluated
+    Relaxation(relaxed, Constant(0.5, 10))
+    out = relaxed(batch)
+    assert len(calls) == len(paths) and not torch.equal(out, plain(batch))
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=["linear", "mlp"])
+@pytest.mark.parametrize("name", BUILDERS)
+def test_relaxed_is_not_equivariant_projection_is_exact(name, kind):
+    model = build(name, kind)
+    relax = Relaxation(model, LinearDecay(1.0, 100), lie_weight=0.01, norm_weight=0.01)
+    train(model, relax)
+    relax.step(5)
+    batch = data()
+    errors = equivariance_error(model, batch, trials=2)
+    assert max(errors["rotation"], errors["reflection"]) > 1e-4, errors
+    projected = relax.project()
+    assert not find_paths(projected) and projected.relax is None
+    assert find_paths(model)  # the controller's model is untouched
+    errors = equivariance_error(projected, batch, trials=3)
+    assert max(errors.values()) < 1e-9, errors
+    # the projected model loads strictly into the plain architecture and matches θ = 0
+    plain = build(name, None, seed=123)
+    plain.load_state_dict(projected.state_dict(), strict=True)
+    relax.step(relax.total_steps)  # past the end: θ = 0
+    assert relax.theta == 0.0
+    assert torch.equal(plain(batch), model(batch))
+    assert torch.equal(projected(batch), model(batch))
+    assert sum(p.numel() for p in plain.parameters()) == \
+        sum(p.numel() for p in projected.parameters())
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_penalty_trains_only_the_paths(name):
+    model = build(name, "linear")
+    relax = Relaxation(model, Constant(1.0, 10), lie_weight=1.0, norm_weight=1.0)
+    model(data())
+    penalty = relax.penalty()
+    assert penalty > 0
+    penalty.backward()
+    path_params = {id(p) for path in find_paths(model).values() for p in path.parameters()}
+    for pname, p in model.named_parameters():
+        if id(p) in path_params:
+            assert p.grad is not None and p.grad.abs().sum() > 0, pname
+        else:
+            assert p.grad is None or p.grad.abs().sum() == 0, pname
+
+
+def test_penalty_is_zero_for_an_equivariant_path_and_matches_the_paper():
+    """A path whose W commutes with the generators has zero Lie penalty; the total is
+    λ(sqrt(Σ‖Lg‖²) + sqrt(Σ‖g‖²)) per block, summed over blocks."""
+    model = build("SEGNN", {"kind": "linear", "positions": False})
+    relax = Relaxation(model, Constant(1.0, 10), lie_weight=0.01, norm_weight=0.01)
+    model(data())
+    paths = find_paths(model)
+    with torch.no_grad():
+        for path in paths.values():  # W = identity on the h part: equivariant
+            path.g.weight.zero_()
+            n = min(path.g.weight.shape)
+            path.g.weight[:, :n] = torch.eye(n)
+    expected = sum(0.01 * path.g(path.last_input).pow(2).sum().sqrt() for path in paths.values())
+    assert torch.allclose(relax.penalty(), expected, rtol=1e-12)
+    metrics = relax.metrics()
+    assert all(metrics[f"{name}/lie_derivative"] < 1e-12 for name in paths)
+
+
+def test_penalty_and_metrics_report_per_block():
+    model = build("EGNN", "linear")
+    relax = Relaxation(model, Triangle(1.0, 21), reflection_weight=0.1)
+    assert relax.theta == 0.0 and relax.penalty() == 0  # Triangle starts at 0
+    relax.step(10)
+    assert relax.theta == pytest.approx(1.0)
+    batch = data()
+    model(batch)
+    metrics = relax.metrics(batch)
+    names = list(find_paths(model))
+    assert set(names) == {"layers.0.relax_features", "layers.0.relax_coords",
+                          "layers.1.relax_coords"}
+    for name in names:
+        assert metrics[f"{name}/path_norm"] > 0 and metrics[f"{name}/lie_derivative"] > 0
+    assert metrics["theta"] == pytest.approx(1.0)
+    assert metrics["equivariance/rotation"] > 0
+    assert torch.isfinite(relax.penalty())
+
+
+def test_per_block_schedules():
+    model = build("EGNN", "linear")
+    relax = Relaxation(model, {"layers.0.*": Constant(1.0, 5), "*": LinearDecay(2.0, 5)})
+    assert relax.thetas == {"layers.0.relax_features": 1.0, "layers.0.relax_coords": 1.0,
+                            "layers.1.relax_coords": 2.0}
+    with pytest.raises(ValueError, match="no schedule pattern"):
+        Relaxation(model, {"layers.0.*": Constant(1.0, 5)})
+
+
+def test_relaxation_targets():
+    model = EGNN(hidden_channels=8, num_layers=2, relax={"kind": "linear", "targets": ["coords"]})
+    assert all(name.endswith("relax_coords") for name in find_paths(model))
+    with pytest.raises(ValueError, match="not offered"):
+        TPNet(atomic_numbers=[1], num_layers=1, relax={"targets": ["coords"]})
+
+
+def test_checkpoint_round_trip_keeps_theta():
+    model = build("SEGNN", "linear")
+    relax = Relaxation(model, LinearDecay(1.0, 20))
+    train(model, relax, steps=4)
+    relax.step(7)
+    state, relax_state = copy.deepcopy(model.state_dict()), relax.state_dict()
+
+    restored = build("SEGNN", "linear", seed=99)
+    restored_relax = Relaxation(restored, LinearDecay(1.0, 20))
+    assert restored_relax.theta == 1.0
+    restored.load_state_dict(state)
+    assert all(p._theta == pytest.approx(1.0 - 7 / 19) for p in find_paths(restored).values())
+    restored_relax.load_state_dict(relax_state)
+    assert restored_relax.theta == relax.theta == pytest.approx(1.0 - 7 / 19)
+    batch = data()
+    assert torch.equal(restored(batch), model(batch))
+    restored_relax.step(8)
+    relax.step(8)
+    assert restored_relax.theta == relax.theta
+    with pytest.raises(ValueError, match="schedule mismatch"):
+        Relaxation(restored, LinearDecay(5.0, 20)).load_state_dict(relax_state)
+
+
+def test_bad_configuration():
+    with pytest.raises(ValueError, match="unknown relaxation path kind 'quadratic'"):
+        EGNN(relax="quadratic")
+    with pytest.raises(ValueError, match="unknown relaxation option"):
+        EGNN(relax={"kind": "linear", "width": 3})
+    with pytest.raises(ValueError, match="has no relaxation paths"):
+        Relaxation(EGNN(), LinearDecay(1.0, 10))
+    with pytest.raises(ValueError, match="theta0 must be a finite non-negative"):
+        LinearDecay(-0.1, 10)
+    with pytest.raises(ValueError, match="total_steps must be a positive integer"):
+        LinearDecay(1.0, 0)
+    path = RelaxationPath("1x0e", "1x0e")
+    with pytest.raises(ValueError, match="theta must be a finite non-negative"):
+        path.set_theta(-1.0)
+    with pytest.raises(ValueError, match="lie_weight"):
+        Relaxation(EGNN(relax="linear"), LinearDecay(1.0, 10), lie_weight=-1)
+    with pytest.raises(ValueError, match="expects 1 input features"):
+        path(torch.zeros(2, 3))
+    assert RelaxConfig.parse(None) is None and RelaxConfig.parse("mlp").kind == "mlp"
+
+
+def test_linear_path_initialisation():
+    torch.manual_seed(0)
+    path = RelaxationPath("64x0e+16x1o", "64x0e+16x1o")
+    assert path.g.weight.std().item() == pytest.approx(1e-4, rel=0.05)
+    mlp = RelaxationPath("4x0e", "2x0e", RelaxConfig(kind="mlp", hidden=16, layers=2))
+    last = [m for m in mlp.g if isinstance(m, torch.nn.Linear)][-1]
+    assert last.weight.abs().max() < 1e-3 and torch.all(last.bias == 0)
