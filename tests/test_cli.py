@@ -5,15 +5,20 @@ import re
 from relaxgnn.cli import main
 
 
-def test_demo_reports_exact_equivariance(capsys):
+def test_demo_reports_equivariance(capsys):
     assert main(["demo", "--molecule", "H2O", "--trials", "1"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if re.match(r"(EGNN|SEGNN|TPNet) ", line)]
-    assert len(rows) == 6
+    assert len(rows) == 12
     for row in rows:
-        errors = [float(x) for x in re.findall(r"\d\.\d\de[-+]\d\d", row)]
-        assert len(errors) == 4
-        assert max(errors) < (1e-12 if "float64" in row else 1e-5), row
+        rotation, reflection, translation, permutation = (
+            float(x) for x in re.findall(r"\d\.\d\de[-+]\d\d", row))
+        if "relaxed" in row:  # paths break rotations, reflections, translations; not S_n
+            assert min(rotation, reflection, translation) > 1e-4, row
+            assert permutation < 1e-12, row
+        else:
+            tolerance = 1e-5 if "float32" in row else 1e-12
+            assert max(rotation, reflection, translation, permutation) < tolerance, row
 
 
 def test_demo_unknown_molecule(capsys):
