@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ase.build import molecule
 from torch_geometric.data import Batch, Data
 
+from relaxgnn.demo import molecule_graph
 
-def molecule_data(
-    name: str = "CH3CH2OH", dtype: torch.dtype = torch.float64, seed: int = 0
-) -> Data:
-    """A molecule from ``ase.build.molecule`` with random velocities and charges."""
-    atoms = molecule(name)
-    gen = torch.Generator().manual_seed(seed)
-    n = len(atoms)
-    return Data(
-        pos=torch.tensor(atoms.positions, dtype=dtype),
-        z=torch.tensor(atoms.numbers, dtype=torch.long),
-        vel=torch.randn(n, 3, generator=gen, dtype=dtype),
-        charges=(torch.randint(0, 2, (n,), generator=gen) * 2 - 1).to(dtype),
-    )
+
+def molecule_data(name: str = "CH3CH2OH", dtype: torch.dtype = torch.float64, seed: int = 0):
+    """A molecule from ``ase.build.molecule`` with random velocities and ±1 charges."""
+    return molecule_graph(name, dtype, seed)
 
 
 def point_cloud(n: int, dtype: torch.dtype = torch.float64, seed: int = 0) -> Data:
