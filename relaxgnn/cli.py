@@ -1,43 +1,75 @@
 """The ``relaxgnn`` command line.
 
-``relaxgnn demo`` prints the equivariance report of every model on a molecule. Training
-commands (``fit``, ``validate``, ``test``) arrive with the training engine.
+- ``relaxgnn fit|validate|test|predict --config FILE.yaml [--trainer.max_epochs 5 …]``: training
+  on LightningCLI (see :mod:`relaxgnn.train.cli`).
+- ``relaxgnn project CKPT OUT``: a relaxed checkpoint → projected, exactly equivariant model file.
+- ``relaxgnn demo``: the equivariance report of every model on a molecule.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
 
+TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="relaxgnn", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="relaxgnn", description="E(3)-equivariant GNNs with constraint relaxation.",
+        epilog="Training: relaxgnn {fit,validate,test,predict} --config FILE.yaml "
+               "(relaxgnn fit --help lists every option).")
     parser.add_argument("--version", action="version", version=f"relaxgnn {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    for name in TRAIN_COMMANDS:
+        commands.add_parser(name, help=f"{name} a model from a YAML config (LightningCLI)",
+                            add_help=False)
+    project = commands.add_parser("project", help="relaxed checkpoint -> projected model file")
+    project.add_argument("checkpoint", help="a training checkpoint (.ckpt)")
+    project.add_argument("out", help="the model file to write (.pt)")
     demo = commands.add_parser("demo", help="equivariance report of every model on a molecule")
-    demo.add_argument(
-        "--molecule",
-        default="CH3CH2OH",
-        help="a name that ase.build.molecule knows (default: ethanol)",
-    )
+    demo.add_argument("--molecule", default="CH3CH2OH",
+                      help="a name that ase.build.molecule knows (default: ethanol)")
     demo.add_argument("--trials", type=int, default=3, help="random transformations per check")
     demo.add_argument("--seed", type=int, default=0)
     return parser
 
 
+def _fail(command: str, err: BaseException) -> int:
+    if os.environ.get("RELAXGNN_TRACEBACK"):
+        raise err
+    print(f"relaxgnn {command}: error: {err}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TRAIN_COMMANDS:
+        from .train.cli import run_lightning
+
+        try:
+            run_lightning(argv)
+        except (ValueError, FileNotFoundError, TypeError, FloatingPointError, KeyError) as err:
+            return _fail(argv[0], err)
+        return 0
     args = build_parser().parse_args(argv)
-    if args.command == "demo":
+    if args.command == "project":
+        from .train.cli import project_checkpoint
+
+        try:
+            path = project_checkpoint(args.checkpoint, args.out)
+        except (ValueError, FileNotFoundError) as err:
+            return _fail("project", err)
+        print(f"projected model written to {path}")
+    elif args.command == "demo":
         from ase.collections import g2
 
         if args.molecule not in g2.names:
-            print(
-                f"relaxgnn demo: unknown molecule {args.molecule!r}; try one of "
-                f"{', '.join(sorted(g2.names)[:12])}, ...",
-                file=sys.stderr,
-            )
+            print(f"relaxgnn demo: unknown molecule {args.molecule!r}; try one of "
+                  f"{', '.join(sorted(g2.names)[:12])}, ...", file=sys.stderr)
             return 2
         from .demo import equivariance_report
 

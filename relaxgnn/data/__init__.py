@@ -1,5 +1,6 @@
 """Data sets and graph transforms (independent of ``nn``, ``models`` and ``train``)."""
 
+from .ase_dataset import ASEDataset
 from .attributes import SEGNNAttributes, segnn_attributes, spherical_harmonics
 from .graphs import (
     FullyConnected,
@@ -8,14 +9,28 @@ from .graphs import (
     fully_connected_edges,
     radius_edges,
 )
+from .md17 import MD17
+from .nbody import NBody, generate_charged, simulate_charged, simulate_gravity
+from .qm9 import QM9
+from .splits import load_splits, save_splits, split_indices
 
 __all__ = [
+    "MD17",
+    "QM9",
+    "ASEDataset",
     "FullyConnected",
+    "NBody",
     "RadiusGraph",
     "SEGNNAttributes",
     "edge_vectors",
     "fully_connected_edges",
+    "generate_charged",
+    "load_splits",
     "radius_edges",
+    "save_splits",
     "segnn_attributes",
+    "simulate_charged",
+    "simulate_gravity",
     "spherical_harmonics",
+    "split_indices",
 ]

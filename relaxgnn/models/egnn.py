@@ -15,11 +15,13 @@ from ..relax.path import RelaxConfig
 from ..symmetry.irreps import as_irreps
 from ..symmetry.signature import Signature
 from .inputs import GraphInputs
+from .io import records_init_args
 from .pooling import Pool, pool
 
 Output = Literal["position", "node", "graph"]
 
 
+@records_init_args
 class EGNN(nn.Module):
     r"""E(n)-equivariant graph network (Satorras et al. 2021).
 

@@ -20,6 +20,7 @@ from ..relax.path import RelaxConfig
 from ..symmetry.irreps import IrrepsLike, as_irreps
 from ..symmetry.signature import Signature
 from .inputs import GraphInputs
+from .io import records_init_args
 from .pooling import Pool, pool
 
 Output = Literal["position", "node", "graph"]
@@ -33,6 +34,7 @@ def centre_per_graph(pos: Tensor, batch: Tensor | None) -> Tensor:
     return pos - scatter(pos, batch, dim=0, reduce="mean")[batch]
 
 
+@records_init_args
 class SEGNN(nn.Module):
     r"""Steerable E(3)-equivariant graph network (Brandstetter et al. 2022).
 

@@ -15,6 +15,7 @@ from ..relax.path import RelaxConfig
 from ..symmetry.irreps import IrrepsLike, as_irreps
 from ..symmetry.signature import Signature
 from .inputs import GraphInputs
+from .io import records_init_args
 from .pooling import Pool, pool
 
 Output = Literal["node", "graph"]
@@ -38,6 +39,7 @@ def _keep(irreps: o3.Irreps, allowed) -> o3.Irreps:
     return o3.Irreps([(m, ir) for m, ir in irreps if ir in allowed])
 
 
+@records_init_args
 class TPNet(nn.Module):
     r"""E(3)-equivariant tensor-product network in the style of NequIP (Batzner et al. 2022).
 

@@ -159,8 +159,8 @@ class Relaxation:
 
     def _terms(self) -> dict[str, dict[str, Tensor]]:
         reflection = None
-        if self.reflection_weight > 0:
-            reflection = random_reflection(int(torch.randint(0, 2**31 - 1, ())))
+        if self.reflection_weight > 0:  # drawn from the step, so resumed runs repeat it
+            reflection = random_reflection(self.step_index, dtype=torch.float64)
         return {name: path_penalties(path, path.last_input, reflection)
                 for name, path in self.paths.items()
                 if path.active and path.last_input is not None}

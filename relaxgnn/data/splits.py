@@ -1,0 +1,150 @@
+"""Index helpers shared by the data sets: random train/val/test splits (saved as JSON) and the
+selection of items by an integer, a slice, a sequence or a boolean mask.
+
+A split is a ``dict`` ``{"train": [...], "val": [...], "test": [...]}`` of sorted, disjoint lists
+of item positions; ``dataset[split["train"]]`` selects them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def _size(value: int | float, n: int, name: str) -> int:
+    """A split size given as a count (``int``) or as a fraction of ``n`` (``float`` in [0, 1])."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(
+            f"split size `{name}` must be an int count or a float fraction, got {value!r}"
+        )
+    if isinstance(value, (int, np.integer)):
+        if value < 0:
+            raise ValueError(f"split size `{name}` must be non-negative, got {value}")
+        return int(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"split fraction `{name}` must lie in [0, 1], got {value}")
+    # the small epsilon keeps e.g. 0.29 * 100 = 28.999999999999996 at 29
+    return math.floor(value * n + 1e-9)
+
+
+def split_indices(
+    n: int,
+    train: int | float,
+    val: int | float = 0,
+    test: int | float | None = None,
+    seed: int = 0,
+) -> dict[str, list[int]]:
+    """Random disjoint ``train``/``val``/``test`` positions out of ``range(n)``.
+
+    Sizes are counts (``int``) or fractions of ``n`` (``float``, rounded down). With
+    ``test=None`` the test split takes everything that is left; otherwise items beyond
+    ``train + val + test`` are left out (e.g. 1,000 training frames out of a long trajectory).
+    The permutation comes from ``numpy.random.default_rng(seed)``, so a seed gives the same split
+    on every machine. Each list is sorted.
+
+    Raises:
+        ValueError: for a negative size, a fraction outside [0, 1], or sizes adding up to more
+            than ``n``.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"`n` must be a non-negative int, got {n!r}")
+    n_train, n_val = _size(train, n, "train"), _size(val, n, "val")
+    n_test = n - n_train - n_val if test is None else _size(test, n, "test")
+    total = n_train + n_val + n_test
+    if n_test < 0 or total > n:
+        raise ValueError(
+            f"split sizes train={n_train} + val={n_val} + test={max(n_test, 0)} "
+            f"need {n_train + n_val + max(n_test, 0)} items but the data set has {n}"
+        )
+    perm = np.random.default_rng(seed).permutation(n)
+    bounds = np.cumsum([0, n_train, n_val, n_test])
+    return {
+        name: sorted(int(i) for i in perm[bounds[k] : bounds[k + 1]])
+        for k, name in enumerate(SPLIT_NAMES)
+    }
+
+
+def save_splits(path: str | os.PathLike, splits: Mapping[str, Sequence[int] | Tensor]) -> None:
+    """Write ``splits`` (name → positions) as JSON, atomically (temporary file + rename)."""
+    path = Path(path)
+    payload = {str(name): [int(i) for i in _as_list(idx)] for name, idx in splits.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_splits(path: str | os.PathLike) -> dict[str, list[int]]:
+    """Read splits written by :func:`save_splits`; errors name the file and the bad entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split file {path} does not exist")
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"split file {path} is not valid JSON: {err}") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"split file {path} must hold a JSON object name → list of ints")
+    for name, idx in payload.items():
+        if not isinstance(idx, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in idx
+        ):
+            raise ValueError(f"split file {path}: entry {name!r} must be a list of ints")
+    return payload
+
+
+def _as_list(index) -> list:
+    if isinstance(index, (Tensor, np.ndarray)):
+        return index.reshape(-1).tolist()
+    return list(index)
+
+
+def resolve_index(index, n: int) -> int | list[int]:
+    """Turn a data set index into one position (``int``) or a list of positions.
+
+    Accepts an int (negative counts from the end), a slice, a sequence / 1-D tensor / array of
+    ints, or a boolean mask of length ``n``. Raises ``IndexError`` for out-of-range positions.
+    """
+    if isinstance(index, (Tensor, np.ndarray)) and index.ndim == 0:
+        index = index.item()
+    if isinstance(index, slice):
+        return list(range(n)[index])
+    if isinstance(index, (Tensor, np.ndarray, Sequence)) and not isinstance(index, str):
+        items = _as_list(index)
+        is_mask = (
+            index.dtype in (torch.bool, np.bool_)
+            if isinstance(index, (Tensor, np.ndarray))
+            else bool(items) and all(isinstance(i, bool) for i in items)
+        )
+        if is_mask:
+            if len(items) != n:
+                raise IndexError(f"boolean mask has length {len(items)}, data set has {n} items")
+            return [i for i, keep in enumerate(items) if keep]
+        return [_position(i, n) for i in items]
+    return _position(index, n)
+
+
+def _position(i, n: int) -> int:
+    i = operator.index(i)
+    if not -n <= i < n:
+        raise IndexError(f"index {i} is out of range for a data set of {n} items")
+    return i % n

@@ -1,0 +1,20 @@
+"""Training on PyTorch Lightning: the only place relaxgnn imports Lightning."""
+
+from .callbacks import EquivarianceMonitor, ExportModel, Relax
+from .checkpoint_io import AtomicCheckpointIO
+from .datamodule import EpochSampler, GraphDataModule
+from .module import RelaxGNNModule, energy_and_forces
+from .plots import PlotMetrics, plot_run
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "EpochSampler",
+    "EquivarianceMonitor",
+    "ExportModel",
+    "GraphDataModule",
+    "PlotMetrics",
+    "Relax",
+    "RelaxGNNModule",
+    "energy_and_forces",
+    "plot_run",
+]

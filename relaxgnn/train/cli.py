@@ -1,0 +1,132 @@
+"""The training command line: ``relaxgnn fit|validate|test|predict --config FILE.yaml`` on
+LightningCLI (``class_path``/``init_args`` configs, ``--trainer.max_epochs 5`` overrides), and
+``relaxgnn project CKPT OUT``.
+
+Every run writes to ``runs/<experiment>/version_<k>/`` (``<experiment>`` defaults to the config
+file's name): ``config.yaml`` (the resolved config), ``metrics.csv``, TensorBoard events,
+``checkpoints/{last,best-…}.ckpt``, ``checkpoints/model.pt`` (the projected model),
+``splits.json``, ``summary.json`` and ``plots/*.png``. ``--ckpt_path last`` resumes the newest
+run of the experiment in its own directory.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from ..models.io import build_model, save_model
+from ..relax import project
+from .callbacks import ExportModel
+from .checkpoint_io import AtomicCheckpointIO
+from .datamodule import GraphDataModule
+from .module import RelaxGNNModule
+from .plots import PlotMetrics
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _versions(root: Path) -> list[int]:
+    if not root.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in root.iterdir()
+                  if (m := re.fullmatch(r"version_(\d+)", p.name)))
+
+
+class RelaxGNNCLI(LightningCLI):
+    """LightningCLI with relaxgnn's run directory, persistent callbacks and atomic checkpoints."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--experiment", type=str | None, default=None,
+                            help="run name under runs_dir (default: the config file's name)")
+        parser.add_argument("--runs_dir", type=str, default="runs",
+                            help="where run directories are created")
+
+    def _experiment(self) -> tuple[Path, str]:
+        cfg = self.config[self.subcommand]
+        name = cfg.get("experiment")
+        if not name:
+            configs = cfg.get("config") or []
+            name = Path(str(configs[-1])).stem if configs else "run"
+        return Path(cfg.get("runs_dir") or "runs"), name
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand]
+        root, name = self._experiment()
+        self._version = None
+        ckpt = cfg.get("ckpt_path")
+        if ckpt == "last":
+            candidates = [root / name / f"version_{v}" / "checkpoints" / "last.ckpt"
+                          for v in _versions(root / name)]
+            candidates = [c for c in candidates if c.is_file()]
+            if not candidates:
+                raise FileNotFoundError(f"--ckpt_path last: no last.ckpt under {root / name}/"
+                                        "version_*/checkpoints; nothing to resume")
+            ckpt = candidates[-1]
+            cfg["ckpt_path"] = str(ckpt)
+        if ckpt:
+            ckpt = Path(ckpt)
+            if not ckpt.is_file():
+                raise FileNotFoundError(f"checkpoint {ckpt} does not exist")
+            match = re.fullmatch(r"version_(\d+)", ckpt.parent.parent.name)
+            if self.subcommand == "fit" and ckpt.parent.name == "checkpoints" and match:
+                self._version = int(match.group(1))  # resume in the run's own directory
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        if config.get("logger") in (None, True):
+            root, name = self._experiment()
+            version = self._version
+            if version is None:
+                existing = _versions(root / name)
+                version = existing[-1] + 1 if existing else 0
+            config["logger"] = [
+                CSVLogger(str(root), name=name, version=version),
+                TensorBoardLogger(str(root), name=name, version=version, default_hp_metric=False),
+            ]
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def trainer_defaults() -> dict[str, Any]:
+    return {
+        "callbacks": [
+            ModelCheckpoint(monitor="val/loss", mode="min", save_last=True, save_top_k=1,
+                            filename="best-{epoch:03d}-{step}", auto_insert_metric_name=False),
+            ExportModel(),
+            PlotMetrics(),
+        ],
+        "plugins": [AtomicCheckpointIO()],
+        "use_distributed_sampler": False,  # GraphDataModule shards by rank itself
+        "inference_mode": False,  # evaluation of forces needs autograd (torch.no_grad is used)
+    }
+
+
+def run_lightning(args: list[str]) -> None:
+    """``relaxgnn fit|validate|test|predict …``."""
+    RelaxGNNCLI(RelaxGNNModule, GraphDataModule, args=args, trainer_defaults=trainer_defaults(),
+                save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "relaxgnn"})
+
+
+def project_checkpoint(ckpt_path: str | Path, out: str | Path) -> Path:
+    """Turn a (relaxed) training checkpoint into a projected model file (see
+    :func:`relaxgnn.models.load_model`)."""
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    spec = checkpoint.get("relaxgnn_model") if isinstance(checkpoint, dict) else None
+    if spec is None:
+        raise ValueError(f"{ckpt_path} is not a relaxgnn training checkpoint (no relaxgnn_model "
+                         "entry)")
+    model = build_model(spec)
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()
+             if k.startswith("model.")}
+    dtype = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
+    model = model.to(dtype)
+    model.load_state_dict(state, strict=True)
+    return save_model(project(model), out, source_checkpoint=str(ckpt_path),
+                      global_step=checkpoint.get("global_step"))

@@ -1,0 +1,136 @@
+"""Data for training: any dataset of PyG ``Data``, split by counts or fractions with a seed,
+batched by PyG, in an order that is a pure function of ``(seed, epoch)``.
+
+Because the order depends on nothing else (not on the global random state), a run resumed from
+a checkpoint sees exactly the batches an uninterrupted run sees, and under DDP every rank draws
+the same permutation and takes its own share.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import Dataset, Sampler, Subset
+from torch_geometric.data import Batch
+from torch_geometric.loader import DataLoader
+
+from ..data.splits import save_splits, split_indices
+
+
+class EpochSampler(Sampler[int]):
+    """Indices ``0 … size-1`` in the order ``randperm(size, seed=f(seed, epoch))`` (or in order
+    when ``shuffle`` is off), padded to a multiple of ``world_size`` and strided by ``rank``."""
+
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1) -> None:
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.size, generator=gen)
+        else:
+            order = torch.arange(self.size)
+        total = len(self) * self.world_size
+        if total > self.size:  # pad by repeating the start, as DistributedSampler does
+            order = torch.cat([order, order[: total - self.size]])
+        return iter(order[self.rank:total:self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.world_size)
+
+
+class GraphDataModule(LightningDataModule):
+    """Train/validation/test loaders over datasets of PyG ``Data``.
+
+    Give either one ``dataset`` and a ``split`` — counts (``[1000, 100, 100]``) or fractions
+    (``[0.8, 0.1, 0.1]``) — drawn with ``split_seed`` (the indices are saved as
+    ``splits.json`` in the run directory), or the three datasets ``train``/``val``/``test``
+    (e.g. the N-body set's own splits).
+
+    Args:
+        batch_size: training batch size; ``eval_batch_size`` for validation and test
+            (default: the same).
+        shuffle_seed: seed of the per-epoch training order.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset | None = None,
+        split: Sequence[int | float] | None = None,
+        split_seed: int = 0,
+        train: Dataset | None = None,
+        val: Dataset | None = None,
+        test: Dataset | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        shuffle_seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if (dataset is None) == (train is None):
+            raise ValueError("give either `dataset` (with `split`) or `train` (with `val`, "
+                             "`test`), not both or neither")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.splits: dict[str, list[int]] | None = None
+        if dataset is not None:
+            sizes = list(split) if split is not None else [0.8, 0.1, 0.1]
+            if len(sizes) != 3:
+                raise ValueError(f"split needs three sizes (train, val, test), got {sizes}")
+            self.splits = split_indices(len(dataset), *sizes, seed=split_seed)
+            train, val, test = (Subset(dataset, self.splits[k]) for k in ("train", "val", "test"))
+        if len(train) == 0:
+            raise ValueError("the training set is empty")
+        self.train_set, self.val_set, self.test_set = train, val, test
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.shuffle_seed = shuffle_seed
+        self.num_workers = num_workers
+
+    def example(self) -> Any:
+        """The first training sample (for checks before training)."""
+        return self.train_set[0]
+
+    def train_targets(self, batch_size: int = 256) -> Iterator[Batch]:
+        """The training set in order, batched (for target statistics)."""
+        yield from DataLoader(self.train_set, batch_size=batch_size, shuffle=False)
+
+    def setup(self, stage: str) -> None:
+        trainer = self.trainer
+        if self.splits is not None and trainer is not None and trainer.log_dir \
+                and trainer.is_global_zero and stage == "fit":
+            save_splits(Path(trainer.log_dir) / "splits.json", self.splits)
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool, batch_size: int) -> DataLoader:
+        if dataset is None:
+            return []  # type: ignore[return-value]  # Lightning skips an empty loader
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        world = self.trainer.world_size if self.trainer is not None else 1
+        sampler = EpochSampler(len(dataset), self.shuffle_seed, shuffle, rank, world)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                          num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, False, self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, False, self.eval_batch_size)

@@ -1,0 +1,308 @@
+r"""One LightningModule for the three tasks of relaxgnn.
+
+- ``task="node"``: node regression (N-body: predict positions ``y``), loss and metric MSE in the
+  data's length unit squared.
+- ``task="graph"``: graph regression (a QM9 property ``y[:, target_index]``). The model predicts
+  the normalised target :math:`(y - \mu)/\sigma` (:math:`\mu, \sigma` from the training set,
+  after subtracting per-element reference energies :math:`\sum_i e_{Z_i}` when ``atomref``
+  is given); metric MAE in ``target_unit`` (meV when that is eV).
+- ``task="energy_forces"``: a potential. The model outputs :math:`E` per graph; forces are
+  :math:`F = -\partial E/\partial x` by autograd (``create_graph`` while training);
+  loss :math:`w_E\,\mathrm{MSE}(E) + w_F\,\mathrm{MSE}(F)`; metrics energy MAE (meV) and force
+  MAE (meV/Å) when energies are in eV.
+
+Relaxation is driven by :class:`~relaxgnn.train.callbacks.Relax` (it sets :attr:`relaxation`,
+whose penalty is added to the training loss); validation and test run at θ = 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torch_geometric.data import Batch
+
+from ..models.io import model_spec
+from ..relax.controller import find_paths
+from ..symmetry import apply_orthogonal, random_rotation, representation
+
+Task = Literal["node", "graph", "energy_forces"]
+MILLI = {"eV": ("meV", 1e3), "Hartree": ("mHa", 1e3)}
+
+
+def energy_and_forces(model: nn.Module, batch: Batch, create_graph: bool) -> tuple[Tensor, Tensor]:
+    """``(E (G,), F = -∂E/∂pos (N, 3))`` for a model that outputs one energy per graph."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("forces need autograd, which inference mode disables: use "
+                           "Trainer(inference_mode=False) (relaxgnn's CLI does)")
+    pos = batch.pos
+    if not pos.requires_grad:
+        pos.requires_grad_(True)
+    energy = model(batch).reshape(-1)
+    (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)
+    return energy, -grad
+
+
+class RelaxGNNModule(LightningModule):
+    """Train any relaxgnn model on node, graph or energy-and-force regression.
+
+    Args:
+        model: the network (any model of :mod:`relaxgnn.models`; given as ``class_path`` and
+            ``init_args`` in a config file).
+        task: ``"node"``, ``"graph"`` or ``"energy_forces"`` (module docstring).
+        target: data field of the target (``y`` for node and graph tasks).
+        target_index: column of ``target`` for graph regression (``None``: the whole field).
+        target_unit: unit of the target, named in the metrics (``"eV"`` → MAE in meV).
+        normalize: graph task: learn the target standardised with training-set mean and std.
+        atomref: graph task: per-element reference values ``{Z: e_Z}`` subtracted before
+            normalising (QM9's atom references for energies).
+        energy_field, forces_field: data fields of the energy-and-force task.
+        energy_weight, force_weight: loss weights of the energy-and-force task.
+        random_rotation: rotate every training batch (inputs and targets) by a random rotation
+            drawn from ``(seed, global step)``: deterministic, so resumed runs match.
+        seed: seed of the augmentation rotations.
+        optimizer, lr_scheduler: callables as in LightningCLI (default Adam, lr 1e-3).
+        lr_scheduler_monitor: metric a plateau scheduler watches.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task = "node",
+        target: str = "y",
+        target_index: int | None = None,
+        target_unit: str = "",
+        normalize: bool = True,
+        atomref: dict[int, float] | None = None,
+        energy_field: str = "energy",
+        forces_field: str = "forces",
+        energy_weight: float = 1.0,
+        force_weight: float = 100.0,
+        random_rotation: bool = False,
+        seed: int = 0,
+        optimizer: OptimizerCallable = lambda p: torch.optim.Adam(p, lr=1e-3),
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_monitor: str = "val/loss",
+    ) -> None:
+        super().__init__()
+        if task not in ("node", "graph", "energy_forces"):
+            raise ValueError(f"task must be 'node', 'graph' or 'energy_forces', got {task!r}")
+        self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
+        self.model = model
+        self.task = task
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.relaxation = None  # set by the Relax callback
+        self.register_buffer("target_mean", torch.zeros(()))
+        self.register_buffer("target_std", torch.ones(()))
+        table = torch.zeros(119)
+        for z, value in (atomref or {}).items():
+            table[int(z)] = float(value)
+        self.register_buffer("atomref_table", table)
+
+    # ------------------------------------------------------------------ setup and checks
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            return
+        sample = datamodule.example()
+        self.check_sample(sample)
+        if stage == "fit" and self.task == "graph" and self.hparams.normalize:
+            values = torch.cat([self._graph_target(b, raw=True)
+                                for b in datamodule.train_targets()])
+            self.target_mean.fill_(float(values.mean()))
+            self.target_std.fill_(float(values.std()) if values.numel() > 1 else 1.0)
+
+    def check_sample(self, sample: Any) -> None:
+        """Fail before training when the data lack what the task reads."""
+        hp = self.hparams
+        fields = {"node": [hp.target], "graph": [hp.target],
+                  "energy_forces": [hp.energy_field, hp.forces_field]}[self.task]
+        for name in fields:
+            if getattr(sample, name, None) is None:
+                raise ValueError(f"task {self.task!r} reads the data field `{name}`, which the "
+                                 f"dataset's samples do not have (they have "
+                                 f"{sorted(sample.keys())})")
+        if self.task == "graph" and self.hparams.target_index is not None:
+            y = getattr(sample, self.hparams.target).reshape(1, -1)
+            if not 0 <= self.hparams.target_index < y.shape[-1]:
+                raise ValueError(f"target_index {self.hparams.target_index} is out of range: "
+                                 f"`{self.hparams.target}` has {y.shape[-1]} columns")
+
+    # ------------------------------------------------------------------ forward passes
+    def _graph_target(self, batch: Batch, raw: bool = False) -> Tensor:
+        y = getattr(batch, self.hparams.target)
+        y = y.reshape(batch.num_graphs, -1)
+        if self.hparams.target_index is not None:
+            y = y[:, self.hparams.target_index]
+        y = y.reshape(batch.num_graphs, -1).to(batch.pos.dtype)
+        if bool(self.atomref_table.any()):
+            ref = torch.zeros(batch.num_graphs, dtype=y.dtype, device=y.device)
+            ref.index_add_(0, batch.batch, self.atomref_table.to(y)[batch.z])
+            y = y - ref.unsqueeze(-1)
+        return y if raw else (y - self.target_mean) / self.target_std
+
+    def predict_batch(self, batch: Batch, create_graph: bool = False) -> dict[str, Tensor]:
+        """Predictions in the data's units."""
+        if self.task == "energy_forces":
+            energy, forces = energy_and_forces(self.model, batch, create_graph)
+            return {"energy": energy, "forces": forces}
+        out = self.model(batch)
+        if self.task == "graph":
+            out = out.reshape(batch.num_graphs, -1) * self.target_std + self.target_mean
+            if bool(self.atomref_table.any()):
+                ref = torch.zeros(batch.num_graphs, dtype=out.dtype, device=out.device)
+                ref.index_add_(0, batch.batch, self.atomref_table.to(out)[batch.z])
+                out = out + ref.unsqueeze(-1)
+        return {"y": out}
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.model(batch)
+
+    def _losses(self, batch: Batch, training: bool) -> dict[str, Tensor]:
+        """Task loss and metrics (metrics in named units)."""
+        hp = self.hparams
+        if self.task == "energy_forces":
+            with torch.enable_grad():
+                energy, forces = energy_and_forces(self.model, batch, create_graph=training)
+            e_true = getattr(batch, hp.energy_field).reshape(-1).to(energy)
+            f_true = getattr(batch, hp.forces_field).to(forces)
+            loss = hp.energy_weight * (energy - e_true).pow(2).mean() \
+                + hp.force_weight * (forces - f_true).pow(2).mean()
+            unit, factor = MILLI.get(hp.target_unit or "eV", (hp.target_unit, 1.0))
+            return {"loss": loss,
+                    f"energy_mae_{unit}": (energy - e_true).abs().mean() * factor,
+                    f"force_mae_{unit}_per_A": (forces - f_true).abs().mean() * factor}
+        if self.task == "node":
+            pred = self.model(batch)
+            target = getattr(batch, hp.target).to(pred)
+            if pred.shape != target.shape:
+                raise ValueError(f"model output {tuple(pred.shape)} does not match the target "
+                                 f"`{hp.target}` {tuple(target.shape)}")
+            mse = (pred - target).pow(2).mean()
+            return {"loss": mse, "mse": mse}
+        pred = self.model(batch).reshape(batch.num_graphs, -1)
+        target = self._graph_target(batch)
+        if pred.shape != target.shape:
+            raise ValueError(f"model output {tuple(pred.shape)} does not match the target "
+                             f"{tuple(target.shape)}")
+        loss = (pred - target).pow(2).mean()
+        unit, factor = MILLI.get(hp.target_unit, (hp.target_unit, 1.0))
+        mae = (pred - target).abs().mean() * self.target_std * factor
+        return {"loss": loss, f"mae_{unit}" if unit else "mae": mae}
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        """Floating fields in the model's dtype (float32 data train a float64 model)."""
+        dtype = next(self.model.parameters()).dtype
+        for key, value in batch.items():
+            if isinstance(value, Tensor) and value.is_floating_point() and value.dtype != dtype:
+                batch[key] = value.to(dtype)
+        return batch
+
+    def _rotate(self, batch: Batch) -> Batch:
+        """Rotate inputs and targets by a rotation drawn from ``(seed, global_step)``."""
+        R = random_rotation(self.hparams.seed * 1_000_003 + self.global_step,
+                            dtype=batch.pos.dtype).to(batch.pos.device)
+        rotated = apply_orthogonal(batch, R, self.model.signature)
+        target_irreps = {"node": {self.hparams.target: self.model.signature.irreps_out},
+                         "graph": {},
+                         "energy_forces": {self.hparams.forces_field: "1x1o"}}[self.task]
+        for name, irreps in target_irreps.items():
+            value = getattr(rotated, name)
+            D = representation(irreps, R).to(value)
+            rotated[name] = (value.reshape(value.shape[0], -1) @ D.T).reshape(value.shape)
+        return rotated
+
+    # validation, test and prediction always run the projected model: θ = 0 (paths skipped)
+    def _zero_theta(self) -> None:
+        self._saved_thetas = {path: path._theta for path in find_paths(self.model).values()}
+        for path in self._saved_thetas:
+            path.set_theta(0.0)
+
+    def _restore_theta(self) -> None:
+        for path, theta in getattr(self, "_saved_thetas", {}).items():
+            path.set_theta(theta)
+        self._saved_thetas = {}
+
+    def on_validation_epoch_start(self) -> None:
+        self._zero_theta()
+
+    def on_validation_epoch_end(self) -> None:
+        self._restore_theta()
+
+    def on_test_epoch_start(self) -> None:
+        self._zero_theta()
+
+    def on_predict_epoch_start(self) -> None:
+        self._zero_theta()
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        if self.hparams.random_rotation:
+            batch = self._rotate(batch)
+        terms = self._losses(batch, training=True)
+        loss = terms["loss"]
+        if self.relaxation is not None:
+            penalty = self.relaxation.penalty()
+            self.log("train/penalty", penalty.detach(), batch_size=batch.num_graphs)
+            loss = loss + penalty
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at global step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}); stopping. The last good "
+                "checkpoint is kept; lower the learning rate or enable gradient clipping.")
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch.num_graphs)
+        for name, value in terms.items():
+            if name != "loss":
+                self.log(f"train/{name}", value.detach(), batch_size=batch.num_graphs)
+        return loss
+
+    def _evaluate(self, batch: Batch, stage: str) -> None:
+        terms = self._losses(batch, training=False)
+        for name, value in terms.items():
+            self.log(f"{stage}/{name}", value.detach(), prog_bar=name == "loss",
+                     batch_size=batch.num_graphs, sync_dist=True)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        with torch.inference_mode(False), torch.enable_grad():
+            return {k: v.detach() for k, v in self.predict_batch(batch).items()}
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        monitor = self.hparams.lr_scheduler_monitor
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": monitor}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the architecture so that `relaxgnn project` can rebuild the model."""
+        checkpoint["relaxgnn_model"] = model_spec(self.model)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("relaxgnn_model")
+        if saved is not None:
+            ours = model_spec(self.model)
+            if saved["class_path"] != ours["class_path"] or _arch(saved) != _arch(ours):
+                raise ValueError(
+                    "the checkpoint was written by another architecture: "
+                    f"{saved['class_path']}({_arch(saved)}) vs {ours['class_path']}({_arch(ours)})")
+
+
+def _arch(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec["init_args"].items() if k != "relax"} | {
+        "relaxed": spec["init_args"].get("relax") is not None}
+
+
+__all__: Sequence[str] = ["RelaxGNNModule", "energy_and_forces"]

@@ -1,0 +1,163 @@
+"""The LightningModule and callbacks on small generated data: the three tasks, θ = 0 for
+evaluation, projection at the end of fit, clear errors, EMA and float64."""
+
+import json
+import warnings
+
+import lightning as L
+import pytest
+import torch
+from train_helpers import make_trainer, molecules, nbody_like
+
+from relaxgnn.models import EGNN, SEGNN, TPNet, load_model
+from relaxgnn.relax import find_paths
+from relaxgnn.train import EquivarianceMonitor, GraphDataModule, Relax, RelaxGNNModule
+
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+
+def egnn(relax="linear"):
+    return EGNN({"charges": "1x0e"}, velocity_field="vel", pair_fields=["charges"],
+                hidden_channels=16, num_layers=2, relax=relax)
+
+
+def nbody_data(batch_size=10):
+    items = nbody_like(50)
+    return GraphDataModule(train=items[:30], val=items[30:40], test=items[40:],
+                           batch_size=batch_size)
+
+
+def test_node_task_with_relaxation(tmp_path):
+    L.seed_everything(0)
+    module = RelaxGNNModule(egnn(), task="node", random_rotation=True)
+    seen = []
+
+    class Spy(L.Callback):  # θ during training and validation
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.append(("train", pl_module.relaxation.theta))
+
+        def on_validation_batch_end(self, trainer, pl_module, *args):
+            seen.append(("val", max(p._theta for p in find_paths(pl_module.model).values())))
+
+    trainer = make_trainer(tmp_path, [Relax("Triangle", theta=1.0), EquivarianceMonitor(2),
+                                      Spy()], max_epochs=3)
+    trainer.fit(module, nbody_data())
+    train_thetas = [t for kind, t in seen if kind == "train"]
+    assert max(train_thetas) == pytest.approx(1.0, abs=0.2) and train_thetas[0] == 0.0
+    assert train_thetas[-1] == 0.0  # the schedule ends at exactly 0 on the last step
+    assert all(t == 0.0 for kind, t in seen if kind == "val")
+    run = tmp_path / "run" / "version_0"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["relaxed_during_training"]
+    assert max(summary["projected_equivariance_error"].values()) < 1e-5
+    projected = load_model(run / "checkpoints" / "model.pt")
+    assert not find_paths(projected) and projected.relax is None
+    batch = next(iter(nbody_data().test_dataloader()))
+    with torch.no_grad():
+        assert torch.allclose(projected(batch), module.model(batch), atol=1e-6)
+    assert {p.name for p in (run / "plots").iterdir()} >= {"loss.png", "theta.png",
+                                                             "penalty.png", "equivariance.png"}
+    metrics = (run / "metrics.csv").read_text().splitlines()[0]
+    for name in ("train/loss", "train/penalty", "theta", "val/mse", "equivariance/rotation",
+                 "relax/layers.0.relax_coords/lie_derivative"):
+        assert name in metrics
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    result = trainer.test(module, nbody_data(), verbose=False)[0]
+    assert result["test/mse"] > 0
+
+
+@pytest.mark.parametrize("model", ["TPNet", "SEGNN"])
+def test_energy_forces_task(tmp_path, model):
+    L.seed_everything(0)
+    net = TPNet(atomic_numbers=[1, 6, 8], irreps_hidden="8x0e+4x1o", num_layers=2, cutoff=4.0,
+                relax="linear") if model == "TPNet" else \
+        SEGNN(atomic_numbers=[1, 6, 8], irreps_hidden="4x0e+2x1o", num_layers=1,
+              output="graph", relax="linear")
+    items = molecules(30)
+    data = GraphDataModule(dataset=items, split=[20, 5, 5], batch_size=5)
+    module = RelaxGNNModule(net, task="energy_forces", target_unit="eV", random_rotation=True,
+                            optimizer=lambda p: torch.optim.Adam(p, lr=5e-3))
+    trainer = make_trainer(tmp_path, [Relax("LinearDecay", theta=0.5)], max_epochs=3)
+    before = trainer.validate(module, data, verbose=False)[0]
+    trainer.fit(module, data)
+    after = trainer.validate(module, data, verbose=False)[0]
+    assert set(after) >= {"val/energy_mae_meV", "val/force_mae_meV_per_A", "val/loss"}
+    assert after["val/loss"] < before["val/loss"]
+    splits = json.loads((tmp_path / "run" / "version_0" / "splits.json").read_text())
+    assert sorted(len(v) for v in splits.values()) == [5, 5, 20]
+
+
+def test_graph_task_normalisation_and_atomref(tmp_path):
+    L.seed_everything(0)
+    items = molecules(24)
+    atomref = {1: -0.5, 6: -37.8, 8: -75.0}
+    for item in items:  # a target with large per-element offsets
+        item.y[0, 0] += sum(atomref[int(z)] for z in item.z)
+    net = EGNN(atomic_numbers=[1, 6, 8], output="graph", hidden_channels=16, num_layers=2)
+    module = RelaxGNNModule(net, task="graph", target_index=0, target_unit="eV", atomref=atomref)
+    data = GraphDataModule(dataset=items, split=[16, 4, 4], batch_size=4)
+    trainer = make_trainer(tmp_path, max_epochs=1)
+    trainer.fit(module, data)
+    energies = torch.stack([it.y[0, 0] - sum(atomref[int(z)] for z in it.z) for it in items])
+    train_idx = data.splits["train"]
+    assert module.target_mean.item() == pytest.approx(energies[train_idx].mean().item(), rel=1e-5)
+    assert module.target_std.item() == pytest.approx(energies[train_idx].std().item(), rel=1e-5)
+    batch = next(iter(data.val_dataloader()))
+    pred = module.predict_batch(batch)["y"]
+    assert pred.shape == (batch.num_graphs, 1)
+    truth = batch.y[:, 0:1]
+    assert (pred - truth).abs().max() < 5.0  # within the spread, not off by the atom refs
+
+
+def test_errors_before_training(tmp_path):
+    items = molecules(12)
+    data = GraphDataModule(dataset=items, split=[8, 2, 2], batch_size=4)
+    net = EGNN(atomic_numbers=[1, 6, 8], output="graph", hidden_channels=8, num_layers=1)
+    with pytest.raises(ValueError, match="target_index 7 is out of range: `y` has 3 columns"):
+        make_trainer(tmp_path).fit(RelaxGNNModule(net, task="graph", target_index=7), data)
+    with pytest.raises(ValueError, match="reads the data field `vel`"):
+        make_trainer(tmp_path).fit(RelaxGNNModule(net, task="node", target="vel"), data)
+    with pytest.raises(ValueError, match="task must be"):
+        RelaxGNNModule(net, task="classification")
+    with pytest.raises(ValueError, match="either `dataset`"):
+        GraphDataModule()
+    with pytest.raises(ValueError, match="need 20 items but the data set has 12"):
+        GraphDataModule(dataset=items, split=[10, 5, 5])
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path):
+    L.seed_everything(0)
+    items = nbody_like(20)
+    items[7].y[0, 0] = float("nan")
+    data = GraphDataModule(train=items[:15], val=items[15:], batch_size=5, shuffle_seed=1)
+    module = RelaxGNNModule(egnn(None), task="node")
+    trainer = make_trainer(tmp_path, max_epochs=3)
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss .* at global step \d+"):
+        trainer.fit(module, data)
+
+
+def test_checkpoint_from_another_architecture(tmp_path):
+    L.seed_everything(0)
+    trainer = make_trainer(tmp_path, max_epochs=1)
+    trainer.fit(RelaxGNNModule(egnn(), task="node"), nbody_data())
+    ckpt = tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt"
+    other = EGNN({"charges": "1x0e"}, velocity_field="vel", hidden_channels=32, num_layers=2)
+    with pytest.raises(ValueError, match="another architecture"):
+        make_trainer(tmp_path, max_epochs=2).fit(RelaxGNNModule(other, task="node"),
+                                                 nbody_data(), ckpt_path=ckpt)
+
+
+def test_float64_and_ema(tmp_path):
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    L.seed_everything(0)
+    module = RelaxGNNModule(egnn(), task="node")
+    trainer = make_trainer(tmp_path, [Relax("CosineDecay", theta=0.5),
+                                      EMAWeightAveraging(decay=0.9)],
+                           precision="64-true", max_epochs=2, gradient_clip_val=1.0)
+    trainer.fit(module, nbody_data())
+    assert next(module.parameters()).dtype == torch.float64
+    projected = load_model(tmp_path / "run" / "version_0" / "checkpoints" / "model.pt")
+    assert next(projected.parameters()).dtype == torch.float64
+    summary = json.loads((tmp_path / "run" / "version_0" / "summary.json").read_text())
+    assert max(summary["projected_equivariance_error"].values()) < 1e-12
