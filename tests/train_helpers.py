@@ -53,3 +53,37 @@ def make_trainer(tmp_path, callbacks=(), **kwargs) -> L.Trainer:
                    inference_mode=defaults["inference_mode"])
     options.update(kwargs)
     return L.Trainer(**options)
+
+
+class KillAtStep(L.Callback):
+    """SIGKILL this process once the global step reaches ``step`` (a crash that leaves no
+    chance to clean up)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class DumpState(L.Callback):
+    """Record θ before every step and write ``rank<k>.pt`` (weights, θ history) at fit end."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+        self.thetas: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        controller = getattr(pl_module, "relaxation", None)
+        self.thetas.append(controller.theta if controller is not None else 0.0)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        from pathlib import Path
+
+        state = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
+        torch.save({"state": state, "thetas": self.thetas, "world_size": trainer.world_size},
+                   Path(self.out_dir) / f"rank{trainer.global_rank}.pt")

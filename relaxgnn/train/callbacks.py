@@ -110,7 +110,8 @@ class ExportModel(Callback):
         self.path: Path | None = None
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.is_global_zero or trainer.log_dir is None:
+        log_dir = trainer.log_dir  # a collective call under DDP: every rank makes it
+        if not trainer.is_global_zero or log_dir is None:
             return
         was_relaxed = bool(find_paths(pl_module.model))
         model = project(pl_module.model).eval()
@@ -120,13 +121,13 @@ class ExportModel(Callback):
             batch = pl_module.on_after_batch_transfer(batch.to(pl_module.device), 0)
             errors = equivariance_error(model, batch, trials=3)
         out_dir = Path(trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback
-                       else trainer.log_dir)
+                       else log_dir)
         self.path = save_model(model, out_dir / self.filename,
                                equivariance_error=errors, relaxed_during_training=was_relaxed)
         summary = {"model": str(self.path), "relaxed_during_training": was_relaxed,
                    "projected_equivariance_error": errors,
                    "global_step": trainer.global_step, "epochs": trainer.current_epoch}
-        (Path(trainer.log_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+        (Path(log_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
         for logger in trainer.loggers:
             logger.log_metrics({f"projected/equivariance_{k}": v for k, v in errors.items()},
                                step=trainer.global_step)

@@ -19,9 +19,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy
 
 from ..models.io import build_model, save_model
-from ..relax import project
+from ..relax import find_paths, project
 from .callbacks import ExportModel
 from .checkpoint_io import AtomicCheckpointIO
 from .datamodule import GraphDataModule
@@ -78,6 +79,10 @@ class RelaxGNNCLI(LightningCLI):
                 self._version = int(match.group(1))  # resume in the run's own directory
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        if config.get("strategy") == "ddp" and find_paths(self.model):
+            # relaxation paths are skipped while θ = 0 (the schedule's ends): DDP must expect
+            # parameters without gradients in those steps
+            config["strategy"] = DDPStrategy(find_unused_parameters=True)
         if config.get("logger") in (None, True):
             root, name = self._experiment()
             version = self._version

@@ -79,11 +79,11 @@ class PlotMetrics(Callback):
     """Make the run's plots at the end of ``fit`` (rank 0, when a CSV logger is present)."""
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        run_dir = trainer.log_dir  # a collective call under DDP: every rank makes it
         if not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
             logger.save()
-        run_dir = trainer.log_dir
         if run_dir is None or not (Path(run_dir) / "metrics.csv").is_file():
             return
         paths = plot_run(run_dir)

@@ -1,0 +1,150 @@
+"""The `relaxgnn` training command line end to end: a run directory with everything in it,
+test/project commands, clear errors before training, exact resume after SIGKILL, and DDP."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from relaxgnn.cli import main
+from relaxgnn.models import load_model
+from relaxgnn.relax import find_paths
+
+TESTS = Path(__file__).resolve().parent
+RELAXGNN = Path(sys.executable).parent / "relaxgnn"
+
+
+def tiny_config(tmp_path: Path, **trainer) -> Path:
+    """A relaxed EGNN on a small generated N-body set (60/20/20 trajectories of 400 steps)."""
+    nbody = {"root": str(tmp_path / "nbody"), "max_samples": None, "num_train": 60,
+             "num_val": 20, "num_test": 20, "n_steps": 400, "sample_freq": 50, "frame_in": 2,
+             "frame_out": 5, "progress": False}
+    config = {
+        "seed_everything": 0,
+        "trainer": {"max_epochs": 4, "log_every_n_steps": 1, "enable_progress_bar": False,
+                    "enable_model_summary": False, "accelerator": "cpu", "devices": 1,
+                    "callbacks": [{"class_path": "relaxgnn.train.Relax",
+                                   "init_args": {"schedule": "Triangle", "theta": 1.0,
+                                                 "reflection_weight": 0.01}},
+                                  {"class_path": "relaxgnn.train.EquivarianceMonitor",
+                                   "init_args": {"every_n_steps": 5}}], **trainer},
+        "model": {"task": "node", "random_rotation": True,
+                  "model": {"class_path": "relaxgnn.models.EGNN",
+                            "init_args": {"hidden_channels": 16, "num_layers": 2,
+                                          "velocity_field": "vel", "pair_fields": ["charges"],
+                                          "relax": "linear"}},
+                  "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 3e-3}}},
+        "data": {"batch_size": 10,
+                 **{split: {"class_path": "relaxgnn.data.NBody",
+                            "init_args": {**nbody, "split": split}}
+                    for split in ("train", "val", "test")}},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([str(RELAXGNN), *args], capture_output=True, text=True, env=env,
+                            timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"relaxgnn {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+def last_metric(run: Path, name: str) -> float:
+    rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r.get(name)]
+    return float(rows[-1][name])
+
+
+def test_fit_writes_a_complete_run_directory(tmp_path):
+    config = tiny_config(tmp_path)
+    assert main(["fit", "--config", str(config), "--runs_dir", str(tmp_path / "runs")]) == 0
+    run = tmp_path / "runs" / "tiny" / "version_0"
+    names = {p.name for p in run.iterdir()}
+    assert {"config.yaml", "metrics.csv", "summary.json", "plots", "checkpoints"} <= names
+    assert any(p.name.startswith("events.out.tfevents") for p in run.iterdir())
+    ckpts = {p.name for p in (run / "checkpoints").iterdir()}
+    assert {"last.ckpt", "model.pt"} <= ckpts and any(c.startswith("best-") for c in ckpts)
+    assert {p.name for p in (run / "plots").iterdir()} >= {"loss.png", "theta.png",
+                                                             "penalty.png", "equivariance.png"}
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["model"]["model"]["init_args"]["relax"] == "linear"
+
+    # test on θ = 0 from the best checkpoint; project the last one
+    best = next(p for p in (run / "checkpoints").iterdir() if p.name.startswith("best-"))
+    assert main(["test", "--config", str(config), "--runs_dir", str(tmp_path / "runs"),
+                 "--ckpt_path", str(best)]) == 0
+    out = tmp_path / "projected.pt"
+    assert main(["project", str(run / "checkpoints" / "last.ckpt"), str(out)]) == 0
+    projected = load_model(out)
+    assert not find_paths(projected)
+    exported = load_model(run / "checkpoints" / "model.pt")
+    for (k, a), (k2, b) in zip(projected.state_dict().items(), exported.state_dict().items(),
+                               strict=True):
+        assert k == k2 and torch.equal(a, b)
+
+
+def test_errors_before_training(tmp_path, capsys):
+    config = tiny_config(tmp_path)
+    runs = ["--runs_dir", str(tmp_path / "runs")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), *runs,
+              "--model.model", "relaxgnn.models.NoSuchNet"])
+    assert exit_info.value.code != 0
+    assert "NoSuchNet" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), *runs, "--model.model.init_args.widht", "3"])
+    assert "widht" in capsys.readouterr().err
+    code = main(["fit", "--config", str(config), *runs, "--data.train.init_args.generate",
+                 "false", "--data.train.init_args.root", str(tmp_path / "nowhere")])
+    assert code == 2
+    assert f"{tmp_path / 'nowhere'}" in capsys.readouterr().err
+    assert main(["fit", "--config", str(config), *runs, "--ckpt_path", "last"]) == 2
+    assert "no last.ckpt" in capsys.readouterr().err
+    assert main(["project", str(tmp_path / "missing.ckpt"), str(tmp_path / "x.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "tiny" / "version_0" / "checkpoints").exists()
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
+    config = tiny_config(tmp_path)
+    run_cli("fit", "--config", str(config), "--runs_dir", str(tmp_path / "a"))
+    # the same run, killed in the middle of epoch 3 (6 batches per epoch), then resumed
+    killed = run_cli("fit", "--config", str(config), "--runs_dir", str(tmp_path / "b"),
+                     "--trainer.callbacks+=train_helpers.KillAtStep",
+                     "--trainer.callbacks.step=15", check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    b = tmp_path / "b" / "tiny" / "version_0"
+    assert not (b / "checkpoints" / "model.pt").exists()
+    resumed = run_cli("fit", "--config", str(config), "--runs_dir", str(tmp_path / "b"),
+                      "--ckpt_path", "last")
+    assert "Restoring states from the checkpoint" in resumed.stderr + resumed.stdout
+    assert not (tmp_path / "b" / "tiny" / "version_1").exists()  # resumed in place
+    a = tmp_path / "a" / "tiny" / "version_0"
+    model_a, model_b = (load_model(r / "checkpoints" / "model.pt") for r in (a, b))
+    for (k, x), (_, y) in zip(model_a.state_dict().items(), model_b.state_dict().items(),
+                              strict=True):
+        assert torch.allclose(x, y, atol=1e-6, rtol=1e-5), k
+    for name in ("val/loss", "train/penalty", "theta"):
+        assert last_metric(a, name) == pytest.approx(last_metric(b, name), rel=1e-5, abs=1e-8)
+
+
+def test_ddp_two_cpu_processes_agree(tmp_path):
+    config = tiny_config(tmp_path, max_epochs=2)
+    run_cli("fit", "--config", str(config), "--runs_dir", str(tmp_path / "runs"),
+            "--trainer.strategy", "ddp", "--trainer.devices", "2",
+            "--trainer.callbacks+=train_helpers.DumpState",
+            f"--trainer.callbacks.out_dir={tmp_path}")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert all(r["world_size"] == 2 for r in ranks)
+    assert ranks[0]["thetas"] == ranks[1]["thetas"] and max(ranks[0]["thetas"]) > 0
+    assert len(ranks[0]["thetas"]) == 2 * 3  # 60 samples / 2 ranks / batch 10, two epochs
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][key]), key
