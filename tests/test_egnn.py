@@ -135,7 +135,7 @@ def test_bad_input_errors():
         model(bad)
     with pytest.raises(ValueError, match="`x` must have shape"):
         EGNNConv(5)(torch.zeros(4, 3), good.pos, fully_connected_edges(4))
-    with pytest.raises(ValueError, match="velocities `vel`"):
+    with pytest.raises(ValueError, match="vector field `vel` but the data has none"):
         model(Data(pos=good.pos, charges=good.charges))
     with pytest.raises(ValueError, match="only invariant"):
         EGNN({"vel": "1x1o"})

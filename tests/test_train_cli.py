@@ -81,6 +81,8 @@ def test_fit_writes_a_complete_run_directory(tmp_path):
     best = next(p for p in (run / "checkpoints").iterdir() if p.name.startswith("best-"))
     assert main(["test", "--config", str(config), "--runs_dir", str(tmp_path / "runs"),
                  "--ckpt_path", str(best)]) == 0
+    assert main(["predict", "--config", str(config), "--runs_dir", str(tmp_path / "runs"),
+                 "--ckpt_path", str(best)]) == 0
     out = tmp_path / "projected.pt"
     assert main(["project", str(run / "checkpoints" / "last.ckpt"), str(out)]) == 0
     projected = load_model(out)

@@ -128,12 +128,23 @@ def test_errors_before_training(tmp_path):
 def test_non_finite_loss_stops_with_the_step(tmp_path):
     L.seed_everything(0)
     items = nbody_like(20)
-    items[7].y[0, 0] = float("nan")
     data = GraphDataModule(train=items[:15], val=items[15:], batch_size=5, shuffle_seed=1)
     module = RelaxGNNModule(egnn(None), task="node")
-    trainer = make_trainer(tmp_path, max_epochs=3)
-    with pytest.raises(FloatingPointError, match=r"non-finite training loss .* at global step \d+"):
+
+    class Poison(L.Callback):  # weights become NaN at step 4, in the second epoch
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 4:
+                with torch.no_grad():
+                    next(pl_module.parameters()).fill_(float("nan"))
+
+    trainer = make_trainer(tmp_path, [Poison()], max_epochs=3)
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss .* global step 4 "
+                                                 r"\(epoch 1, batch 1\)"):
         trainer.fit(module, data)
+    last = torch.load(tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt",
+                      weights_only=False)
+    assert last["global_step"] == 3  # the end of the first epoch: the last good state
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
 
 
 def test_checkpoint_from_another_architecture(tmp_path):

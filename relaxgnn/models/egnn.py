@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
+from ..nn.checks import trusted_inputs
 from ..nn.egnn_conv import EGNNConv
 from ..nn.mlp import MLP
 from ..relax.path import RelaxConfig
@@ -126,11 +127,7 @@ class EGNN(nn.Module):
         h = self.inputs.node_features(data)
         vel = None
         if self.velocity_field:
-            vel = getattr(data, self.velocity_field, None)
-            if vel is None:
-                raise ValueError(
-                    f"the model reads velocities `{self.velocity_field}` but the data has none"
-                )
+            vel = self.inputs.vector(data, self.velocity_field)
             h = torch.cat([h, vel.norm(dim=-1, keepdim=True)], -1)
         edge_attr = None
         if self.pair_fields:
@@ -144,8 +141,9 @@ class EGNN(nn.Module):
             ).to(data.pos.dtype)
         h = self.embedding(h)
         pos = data.pos
-        for layer in self.layers:
-            h, pos = layer(h, pos, edge_index, vel=vel, edge_attr=edge_attr)
+        with trusted_inputs():  # validated above by self.inputs
+            for layer in self.layers:
+                h, pos = layer(h, pos, edge_index, vel=vel, edge_attr=edge_attr)
         if self.output == "position":
             return pos
         out = self.head(h)

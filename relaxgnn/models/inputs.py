@@ -82,6 +82,13 @@ class GraphInputs(nn.Module):
         check_edge_index(edge_index, N)
         return edge_index, shift, batch
 
+    def vector(self, data: Data, name: str) -> Tensor:
+        """The finite ``(N, 3)`` vector field ``name`` (e.g. velocities) in the positions' dtype."""
+        value = getattr(data, name, None)
+        if value is None:
+            raise ValueError(f"the model reads the vector field `{name}` but the data has none")
+        return check_positions(value, name).to(data.pos.dtype)
+
     def node_features(self, data: Data) -> Tensor:
         """``(N, irreps.dim)``: the declared fields, then the one-hot of ``data.z``."""
         N = data.pos.shape[0]

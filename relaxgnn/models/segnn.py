@@ -13,7 +13,7 @@ from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
 from ..data.attributes import segnn_attributes
-from ..nn.checks import check_features
+from ..nn.checks import check_features, trusted_inputs
 from ..nn.o3_blocks import O3TensorProduct, O3TensorProductGate, balanced_irreps
 from ..nn.segnn_conv import SEGNNConv
 from ..relax.path import RelaxConfig
@@ -161,11 +161,7 @@ class SEGNN(nn.Module):
                     check_features(data.edge_dist, "edge_dist", E, 1, what="edges"))
         vel = None
         if self.velocity_field:
-            vel = getattr(data, self.velocity_field, None)
-            if vel is None:
-                raise ValueError(f"the model reads velocities `{self.velocity_field}` but the "
-                                 "data has none")
-            vel = check_features(vel, self.velocity_field, data.pos.shape[0], 3).to(data.pos.dtype)
+            vel = self.inputs.vector(data, self.velocity_field)
         return segnn_attributes(data.pos, edge_index, self.lmax_attr, vel, shift)
 
     def forward(self, data: Data) -> Tensor:
@@ -175,8 +171,9 @@ class SEGNN(nn.Module):
         if self.centred_position_input:
             f = torch.cat([f, centre_per_graph(data.pos, batch)], -1)
         h = self.embedding(f, node_attr)
-        for layer in self.layers:
-            h = layer(h, edge_index, node_attr, edge_attr, edge_dist, pos=data.pos)
+        with trusted_inputs():  # validated above by self.inputs
+            for layer in self.layers:
+                h = layer(h, edge_index, node_attr, edge_attr, edge_dist, pos=data.pos)
         h = self.pre_head(h, node_attr)
         if self.output == "graph":
             h = pool(h, batch, self.pooling, getattr(data, "num_graphs", None))

@@ -10,6 +10,7 @@ from e3nn import o3
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
+from ..nn.checks import trusted_inputs
 from ..nn.tp_conv import TensorProductConv, reset_e3nn
 from ..relax.path import RelaxConfig
 from ..symmetry.irreps import IrrepsLike, as_irreps
@@ -163,8 +164,9 @@ class TPNet(nn.Module):
         attr = features[:, -self.irreps_node_attr.dim:] if self.inputs.atomic_numbers is not None \
             else pos.new_ones(pos.shape[0], 1)
         h = self.embedding(features)
-        for layer in self.layers:
-            h = layer(h, pos, edge_index, node_attr=attr, edge_shift=shift)
+        with trusted_inputs():  # validated above by self.inputs
+            for layer in self.layers:
+                h = layer(h, pos, edge_index, node_attr=attr, edge_shift=shift)
         out = self.head(h)
         if self.output == "node":
             return out

@@ -1,9 +1,32 @@
-"""Input validation shared by layers and models: errors that name the field and shape at fault."""
+"""Input validation shared by layers and models: errors that name the field and shape at fault.
+
+Shape checks are cheap and always run. The finiteness check reads every value (and synchronises
+a GPU), so a model runs it once on its input :class:`~torch_geometric.data.Data` and calls its
+layers inside :func:`trusted_inputs`, where layers skip it: intermediate coordinates are then
+never reported as if they were the user's ``pos``, and a NaN produced inside the model surfaces
+as a non-finite loss (named with its training step) instead.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 from torch import Tensor
+
+_CHECK_VALUES: ContextVar[bool] = ContextVar("relaxgnn_check_values", default=True)
+
+
+@contextmanager
+def trusted_inputs() -> Iterator[None]:
+    """Inside this context, layers skip the finiteness check of their inputs."""
+    token = _CHECK_VALUES.set(False)
+    try:
+        yield
+    finally:
+        _CHECK_VALUES.reset(token)
 
 
 def check_positions(pos: Tensor | None, name: str = "pos") -> Tensor:
@@ -15,7 +38,7 @@ def check_positions(pos: Tensor | None, name: str = "pos") -> Tensor:
         raise ValueError(f"`{name}` must have shape (num_nodes, 3), got {shape}")
     if not pos.is_floating_point():
         raise TypeError(f"`{name}` must be a floating tensor, got {pos.dtype}")
-    if not torch.isfinite(pos).all():
+    if _CHECK_VALUES.get() and not torch.isfinite(pos).all():
         bad = (~torch.isfinite(pos)).any(-1).nonzero().flatten()[:5].tolist()
         raise ValueError(f"`{name}` has non-finite values (NaN or inf) at nodes {bad}")
     return pos
