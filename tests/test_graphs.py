@@ -1,5 +1,7 @@
 """Graph construction (fully connected, vesin radius graph, periodic) and SEGNN attributes."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -70,11 +72,14 @@ def test_transforms():
     assert data.edge_index.dim() == 2
     data = SEGNNAttributes(lmax=2)(FullyConnected()(point_cloud(5)))
     assert data.node_attr.shape == (5, 9) and data.edge_attr.shape == (20, 9)
-    assert torch.allclose(data.edge_attr[:, 0], torch.ones(20, dtype=data.pos.dtype))
+    y0 = 1 / math.sqrt(4 * math.pi)  # "integral" normalisation, as SEGNN
+    assert torch.allclose(data.edge_attr[:, 0], torch.full((20,), y0, dtype=data.pos.dtype))
+    assert torch.allclose(data.edge_attr[:, 1:4].norm(dim=-1),
+                          torch.full((20,), math.sqrt(3) * y0, dtype=data.pos.dtype))
     lonely = SEGNNAttributes(lmax=1)(
         Data(pos=torch.zeros(1, 3), edge_index=torch.zeros(2, 0).long())
     )
-    assert lonely.node_attr.tolist() == [[1.0, 0.0, 0.0, 0.0]]
+    assert torch.allclose(lonely.node_attr, torch.tensor([[y0, 0.0, 0.0, 0.0]]))
 
 
 def test_graph_errors():

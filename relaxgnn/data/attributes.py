@@ -7,12 +7,17 @@ For an edge :math:`j \to i` with :math:`r_{ij} = x_j - x_i`:
     a_i = \frac{1}{|\mathcal N(i)|}\sum_{j \in \mathcal N(i)} a_{ij}
           \;\big[+\, Y^{(\le L)}(v_i/\lVert v_i\rVert)\big],
 
-spherical harmonics in e3nn's ``"component"`` normalisation (so :math:`Y^{(0)} = 1`), and the
-invariant edge feature :math:`\lVert r_{ij}\rVert^2`. A node without neighbours gets
-:math:`a_i = (1, 0, …, 0)`.
+spherical harmonics in e3nn's ``"integral"`` normalisation, as SEGNN uses
+(:math:`Y^{(0)} = 1/\sqrt{4\pi}`, :math:`\lVert Y^{(l)}\rVert = \sqrt{(2l+1)/4\pi}`: with the
+``"component"`` normalisation, where :math:`Y^{(0)} = 1`, every tensor product with the
+attributes amplifies the features and a 4-layer SEGNN's activations grow ~10× per layer), and
+the invariant edge feature :math:`\lVert r_{ij}\rVert^2`. A node without neighbours gets
+:math:`a_i = (Y^{(0)}, 0, …, 0)`.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from e3nn import o3
@@ -23,12 +28,15 @@ from torch_geometric.utils import scatter
 
 from .graphs import edge_vectors
 
+Y0 = 1.0 / math.sqrt(4.0 * math.pi)
+
 
 def spherical_harmonics(lmax: int, vectors: Tensor) -> Tensor:
-    """Real spherical harmonics up to ``lmax`` of the directions of ``vectors`` (zero vectors
-    map to ``(1, 0, …, 0)``), irreps ``Irreps.spherical_harmonics(lmax)``."""
+    """Real spherical harmonics up to ``lmax`` of the directions of ``vectors``, ``"integral"``
+    normalisation (zero vectors map to ``(Y0, 0, …, 0)``), irreps
+    ``Irreps.spherical_harmonics(lmax)``."""
     return o3.spherical_harmonics(
-        o3.Irreps.spherical_harmonics(lmax), vectors, normalize=True, normalization="component"
+        o3.Irreps.spherical_harmonics(lmax), vectors, normalize=True, normalization="integral"
     ).nan_to_num(0.0)
 
 
@@ -49,7 +57,7 @@ def segnn_attributes(
     isolated = torch.bincount(edge_index[1], minlength=pos.shape[0]) == 0
     if bool(isolated.any()):
         node_attr = node_attr.clone()
-        node_attr[isolated, 0] = 1.0
+        node_attr[isolated, 0] = Y0
     edge_dist = rel.pow(2).sum(-1, keepdim=True)
     return node_attr, edge_attr, edge_dist
 

@@ -48,8 +48,12 @@ class RelaxGNNCLI(LightningCLI):
         parser.add_argument("--runs_dir", type=str, default="runs",
                             help="where run directories are created")
 
+    def _cfg(self):
+        """The parsed config of the subcommand (or the root config when ``run=False``)."""
+        return self.config[self.subcommand] if self.subcommand else self.config
+
     def _experiment(self) -> tuple[Path, str]:
-        cfg = self.config[self.subcommand]
+        cfg = self._cfg()
         name = cfg.get("experiment")
         if not name:
             configs = cfg.get("config") or []
@@ -57,7 +61,7 @@ class RelaxGNNCLI(LightningCLI):
         return Path(cfg.get("runs_dir") or "runs"), name
 
     def before_instantiate_classes(self) -> None:
-        cfg = self.config[self.subcommand]
+        cfg = self._cfg()
         root, name = self._experiment()
         self._version = None
         ckpt = cfg.get("ckpt_path")
@@ -75,7 +79,7 @@ class RelaxGNNCLI(LightningCLI):
             if not ckpt.is_file():
                 raise FileNotFoundError(f"checkpoint {ckpt} does not exist")
             match = re.fullmatch(r"version_(\d+)", ckpt.parent.parent.name)
-            if self.subcommand == "fit" and ckpt.parent.name == "checkpoints" and match:
+            if self.subcommand in ("fit", None) and ckpt.parent.name == "checkpoints" and match:
                 self._version = int(match.group(1))  # resume in the run's own directory
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
