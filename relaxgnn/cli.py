@@ -3,6 +3,7 @@
 - ``relaxgnn fit|validate|test|predict --config FILE.yaml [--trainer.max_epochs 5 …]``: training
   on LightningCLI (see :mod:`relaxgnn.train.cli`).
 - ``relaxgnn project CKPT OUT``: a relaxed checkpoint → projected, exactly equivariant model file.
+- ``relaxgnn data nbody --kind charged --out DIR``: generate the charged N-body data set.
 - ``relaxgnn demo``: the equivariance report of every model on a molecule.
 """
 
@@ -30,6 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     project = commands.add_parser("project", help="relaxed checkpoint -> projected model file")
     project.add_argument("checkpoint", help="a training checkpoint (.ckpt)")
     project.add_argument("out", help="the model file to write (.pt)")
+    data = commands.add_parser("data", help="generate data sets")
+    kinds = data.add_subparsers(dest="dataset", required=True)
+    nbody = kinds.add_parser("nbody", help="the charged N-body set of EGNN/SEGNN (5 particles)")
+    nbody.add_argument("--kind", choices=["charged"], default="charged")
+    nbody.add_argument("--out", default="datasets/nbody", help="cache directory")
+    for name, default in (("num-train", 10_000), ("num-val", 2_000), ("num-test", 2_000),
+                          ("seed", 43), ("n-particles", 5), ("n-steps", 5000),
+                          ("sample-freq", 100)):
+        nbody.add_argument(f"--{name}", type=int, default=default)
+    nbody.add_argument("--dt", type=float, default=0.001)
     demo = commands.add_parser("demo", help="equivariance report of every model on a molecule")
     demo.add_argument("--molecule", default="CH3CH2OH",
                       help="a name that ase.build.molecule knows (default: ethanol)")
@@ -64,6 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, FileNotFoundError) as err:
             return _fail("project", err)
         print(f"projected model written to {path}")
+    elif args.command == "data":
+        from .data.nbody import generate_charged
+
+        info = generate_charged(args.out, num_train=args.num_train, num_val=args.num_val,
+                                num_test=args.num_test, seed=args.seed,
+                                n_particles=args.n_particles, n_steps=args.n_steps,
+                                sample_freq=args.sample_freq, dt=args.dt)
+        print(f"wrote {args.out}/charged_{{train,val,test}}.npz and charged.json "
+              f"({info['frames']} frames; {info['frame_steps']})")
     elif args.command == "demo":
         from ase.collections import g2
 

@@ -24,3 +24,18 @@ def test_demo_reports_equivariance(capsys):
 def test_demo_unknown_molecule(capsys):
     assert main(["demo", "--molecule", "unobtainium"]) == 2
     assert "unknown molecule 'unobtainium'" in capsys.readouterr().err
+
+
+def test_data_nbody_writes_a_cache_that_nbody_reads(tmp_path, capsys):
+    out = tmp_path / "nbody"
+    args = ["--num-train", "6", "--num-val", "2", "--num-test", "2", "--n-steps", "300",
+            "--sample-freq", "50", "--seed", "7"]
+    assert main(["data", "nbody", "--out", str(out), *args]) == 0
+    assert "5 frames" in capsys.readouterr().out
+    stamp = (out / "charged_train.npz").stat().st_mtime_ns
+    from relaxgnn.data import NBody
+
+    data = NBody(out, split="train", max_samples=None, num_train=6, num_val=2, num_test=2,
+                 n_steps=300, sample_freq=50, seed=7, frame_in=1, frame_out=3, generate=False)
+    assert len(data) == 6 and data[0].pos.shape == (5, 3)
+    assert (out / "charged_train.npz").stat().st_mtime_ns == stamp  # reused, not regenerated
