@@ -26,7 +26,6 @@ import hashlib
 import math
 import os
 import tarfile
-import tempfile
 import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from torch_geometric.data import Data
 
+from ..atomic import atomic_torch_save
 from .splits import resolve_index
 
 HAR2EV = 27.211386246
@@ -298,7 +298,7 @@ class QM9(Dataset):
         self._store = None if force_reload else _load_cache(self.processed_path)
         if self._store is None:
             self._store = self._process()
-            _save_atomic(self._store, self.processed_path)
+            atomic_torch_save(self._store, self.processed_path)
             for stale in self.processed_dir.glob(f"qm9_{variant}_*.pt"):
                 if stale != self.processed_path:
                     stale.unlink(missing_ok=True)
@@ -479,16 +479,3 @@ def _load_cache(path: Path) -> dict[str, Tensor] | None:
         return None
 
 
-def _save_atomic(payload: dict[str, Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

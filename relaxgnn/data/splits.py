@@ -11,13 +11,14 @@ import json
 import math
 import operator
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..atomic import atomic_write_text
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -79,18 +80,7 @@ def save_splits(path: str | os.PathLike, splits: Mapping[str, Sequence[int] | Te
     """Write ``splits`` (name → positions) as JSON, atomically (temporary file + rename)."""
     path = Path(path)
     payload = {str(name): [int(i) for i in _as_list(idx)] for name, idx in splits.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(payload))
 
 
 def load_splits(path: str | os.PathLike) -> dict[str, list[int]]:

@@ -12,7 +12,6 @@ import functools
 import importlib
 import inspect
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..atomic import atomic_torch_save
 from ..relax.controller import find_paths
 
 
@@ -76,23 +76,6 @@ def build_model(spec: Mapping[str, Any]) -> nn.Module:
     except (ImportError, AttributeError) as err:
         raise ValueError(f"unknown model class {spec['class_path']!r}") from err
     return cls(**spec.get("init_args", {}))
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the target directory, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, **extra: Any) -> Path:

@@ -7,7 +7,7 @@ from typing import Any
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from ..models.io import atomic_torch_save
+from ..atomic import atomic_torch_save
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
