@@ -17,24 +17,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from datetime import date
 
 import numpy as np
 import torch
+from machine import cpu_name
 
 from relaxgnn.data.nbody import CHARGED_DEFAULTS, charged_initial_conditions, generate_charged
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = (line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-            return next(names)
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def loop_trajectory(loc0: np.ndarray, vel0: np.ndarray, charges: np.ndarray, n_steps: int,

@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import statistics
 import time
 from datetime import date
 from pathlib import Path
 
 import torch
+from machine import cpu_name
 
 PUBLISHED = {"segnn": 0.0043, "egnn": 0.0070}  # test MSE with 3,000 training samples
 
@@ -95,7 +95,7 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
     lines = [f"N-body {args.model.upper()}: {args.train_samples} training trajectories, "
              f"{args.epochs} epochs, {len(args.seeds_list)} seeds per arm, test on "
              f"{args.eval_samples} trajectories ({args.accelerator}, {torch.get_num_threads()} "
-             f"threads, {platform.machine()}, torch {torch.__version__}, {date.today()})",
+             f"threads, {cpu_name()}, torch {torch.__version__}, {date.today()})",
              f"{'arm':<10}{'test MSE (projected)':>26}{'per seed':>40}{'min/run':>10}"]
     for arm in ("plain", "relaxed"):
         mses = [r["test_mse"] for r in results if r["arm"] == arm]

@@ -1,11 +1,13 @@
-"""Cost of relaxation: training-step time of a relaxed SEGNN (penalties included) against the
-plain SEGNN, and forward time of the projected model against the plain model.
+"""Training-step time and the cost of relaxation: a relaxed model's training step (penalties
+included) against the plain model's, and the projected model's forward pass against the plain
+model's, on a batch of 100 five-particle N-body graphs (fully connected).
 
-Configuration of the paper's N-body experiment: 4 layers, 64 hidden features weight-balanced
-with lmax 1 (32x0e+32x1o), a batch of 100 five-particle graphs (fully connected), inputs
-velocity and charge, positions centred per graph, velocity harmonics in the node attributes.
+Models as in the N-body configs: SEGNN (4 layers, 64 hidden features weight-balanced with
+lmax 1 = 32x0e+32x1o; inputs velocity and charge, per-graph centred positions, velocity
+harmonics in the node attributes) or EGNN (4 layers, 64 hidden, velocity term, charge products
+on the edges).
 
-    .venv/bin/python benchmarks/relaxation_overhead.py [--threads 2] [--repeats 40]
+    .venv/bin/python benchmarks/relaxation_overhead.py [--model segnn|egnn] [--threads 2]
 
 Prints a table; the numbers measured on this project's machine are in benchmarks/README.md.
 """
@@ -13,16 +15,16 @@ Prints a table; the numbers measured on this project's machine are in benchmarks
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from datetime import date
 
 import torch
+from machine import cpu_name
 from torch_geometric.data import Batch, Data
 
 from relaxgnn.data import FullyConnected
-from relaxgnn.models import SEGNN
+from relaxgnn.models import EGNN, SEGNN
 from relaxgnn.relax import Constant, Relaxation, project
 
 
@@ -35,20 +37,14 @@ def nbody_batch(graphs: int = 100, particles: int = 5, seed: int = 0) -> Batch:
     return FullyConnected()(Batch.from_data_list(data))
 
 
-def segnn(relax) -> SEGNN:
+def build(model: str, relax):
     torch.manual_seed(0)
+    if model == "egnn":
+        return EGNN(hidden_channels=64, num_layers=4, velocity_field="vel",
+                    pair_fields=["charges"], output="position", relax=relax)
     return SEGNN({"vel": "1x1o", "charges": "1x0e"}, hidden_features=64, lmax=1, num_layers=4,
                  velocity_field="vel", centred_position_input=True, output="position",
                  relax=relax)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = (line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-            return next(names)
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -62,6 +58,7 @@ def timed(fn, repeats: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["segnn", "egnn"], default="segnn")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
@@ -72,8 +69,8 @@ def main() -> None:
     batch = nbody_batch().to(device)
     target = torch.randn(batch.num_nodes, 3, device=device)
 
-    plain = segnn(None).to(device)
-    relaxed = segnn("linear").to(device)
+    plain = build(args.model, None).to(device)
+    relaxed = build(args.model, "linear").to(device)
     relax = Relaxation(relaxed, Constant(0.5, 10**6), lie_weight=0.01, norm_weight=0.01)
 
     def step_fn(model, controller=None):
@@ -115,7 +112,8 @@ def main() -> None:
             samples[name] += timed(fn, 1)
     median = {name: statistics.median(t) * 1e3 for name, t in samples.items()}
 
-    print(f"relaxation overhead — SEGNN 4×(32x0e+32x1o), batch 100×5 particles, {device}, "
+    name = "SEGNN 4×(32x0e+32x1o)" if args.model == "segnn" else "EGNN 4×64"
+    print(f"training step and relaxation overhead — {name}, batch 100×5 particles, {device}, "
           f"{args.threads} threads, median of {args.repeats}")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"machine: {where}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
