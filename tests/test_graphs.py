@@ -1,4 +1,5 @@
-"""Graph construction (fully connected, vesin radius graph, periodic) and SEGNN attributes."""
+"""Graph construction (fully connected, k nearest neighbours, vesin radius graph, periodic) and
+SEGNN attributes."""
 
 import math
 
@@ -12,10 +13,12 @@ from torch_geometric.data import Batch, Data
 
 from relaxgnn.data import (
     FullyConnected,
+    KNNGraph,
     RadiusGraph,
     SEGNNAttributes,
     edge_vectors,
     fully_connected_edges,
+    knn_edges,
     radius_edges,
 )
 
@@ -30,6 +33,56 @@ def test_fully_connected_is_per_graph():
     expected = [(a, b) for g in ([0, 1, 2], [3], [4, 5]) for a in g for b in g if a != b]
     assert _pairs(edges) == sorted(expected)
     assert fully_connected_edges(1).shape == (2, 0)
+
+
+def brute_force_knn(pos, k, batch):
+    """Edges (j, i) to each i, in order, from its k nearest j ≠ i of its graph, nearest first."""
+    edges = []
+    for i in range(len(pos)):
+        others = [j for j in range(len(pos)) if j != i and batch[j] == batch[i]]
+        others.sort(key=lambda j: float(((pos[j] - pos[i]) ** 2).sum()))
+        edges += [(j, i) for j in others[:k]]
+    return edges
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_knn_graph_matches_brute_force_per_graph(k, dtype):
+    """Graphs of 40, 12, 9, 4 and 1 nodes: exactly the k nearest of each graph (those of at most
+    k nodes fully connected, the single node alone), edges j → i grouped by i, nearest first."""
+    clouds = [point_cloud(n, dtype, seed=n) for n in (40, 12, 9, 4, 1)]
+    data = Batch.from_data_list(clouds)
+    edges = knn_edges(data.pos, k, data.batch)
+    assert edges.dtype == torch.long
+    assert edges.T.tolist() == [list(e) for e in brute_force_knn(data.pos, k, data.batch)]
+    assert edges.shape[1] == sum(n * min(k, n - 1) for n in (40, 12, 9, 4, 1))
+    # one graph at a time gives the same edges, shifted
+    offset, parts = 0, []
+    for cloud in clouds:
+        parts.append(knn_edges(cloud.pos, k) + offset)
+        offset += cloud.num_nodes
+    assert torch.equal(edges, torch.cat(parts, 1))
+    # the transform, on one graph and on a batch; positions keep their gradient
+    pos = clouds[0].pos.clone().requires_grad_()
+    assert torch.equal(KNNGraph(k)(Data(pos=pos)).edge_index, parts[0])
+    assert torch.equal(KNNGraph(k)(data.clone()).edge_index, edges)
+
+
+def test_knn_graph_errors_and_edge_cases():
+    assert knn_edges(torch.zeros(0, 3), 6).shape == (2, 0)
+    assert knn_edges(torch.zeros(1, 3), 6).shape == (2, 0)
+    assert repr(KNNGraph(6)) == "KNNGraph(k=6)"
+    for k in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            knn_edges(torch.zeros(4, 3), k)
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            KNNGraph(k)
+    with pytest.raises(ValueError, match="sorted"):
+        knn_edges(torch.randn(4, 3), 2, torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="batch must have shape"):
+        knn_edges(torch.randn(4, 3), 2, torch.tensor([0, 0, 1]))
+    with pytest.raises(ValueError, match="pos must have shape"):
+        knn_edges(torch.randn(4), 2)
 
 
 def test_radius_graph_matches_brute_force():

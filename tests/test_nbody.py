@@ -1,5 +1,6 @@
 """N-body data: the charged-particle integrator against a one-trajectory-at-a-time reference,
-its physics (sign, energy, equivariance), gravity, and the cache behind ``NBody``."""
+its physics (sign, energy, equivariance), gravity, and the cache behind ``NBody`` and
+``GravityNBody`` (the cache tests run for both kinds)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from relaxgnn.data import nbody
+from relaxgnn.data import knn_edges, nbody
 from relaxgnn.data.nbody import (
     CHARGED_DEFAULTS,
+    GRAVITY_DEFAULTS,
+    GravityNBody,
     NBody,
     NBodyCacheError,
     charged_initial_conditions,
-    generate_charged,
+    generate_gravity,
     gravity_initial_conditions,
     simulate_charged,
     simulate_gravity,
@@ -232,15 +235,30 @@ def test_gravity_momentum_and_energy():
     assert loc.shape == (2, 50, 3, 3)  # defaults: 5000 steps, a frame every 100, t = 0 included
 
 
-# ----------------------------------------------------------------------------- cache + data set
+# ----------------------------------------------------------------------------- cache + data sets
 
 SMALL = dict(num_train=6, num_val=3, num_test=2, n_steps=300, sample_freq=100)  # 2 frames
+SMALL_GRAVITY = {**SMALL, "n_particles": 12}  # 3 frames: t = 0 is stored
+KINDS = ("charged", "gravity")
+DEFAULTS = {"charged": CHARGED_DEFAULTS, "gravity": GRAVITY_DEFAULTS}
 
 
-def small(root, split="train", **kwargs) -> NBody:
-    kwargs = {"frame_in": 0, "frame_out": 1, "max_samples": None, "progress": False,
-              **SMALL, **kwargs}
-    return NBody(root, split=split, **kwargs)
+def small(root, split="train", kind="charged", **kwargs) -> NBody | GravityNBody:
+    """A small data set of ``kind``: frames 0 → 1 (charged) or 1 → 2 (gravity), all samples."""
+    if kind == "charged":
+        kwargs = {"frame_in": 0, "frame_out": 1, **SMALL, **kwargs}
+        cls = NBody
+    else:
+        kwargs = {"frame_in": 1, "frame_out": 2, **SMALL_GRAVITY, **kwargs}
+        cls = GravityNBody
+    return cls(root, split=split, **{"max_samples": None, "progress": False, **kwargs})
+
+
+def generate(kind, root, **kwargs):
+    """``generate_<kind>`` with the small parameters (looked up in the module, as the data sets
+    do, so that ``count_generations`` sees it)."""
+    params = SMALL if kind == "charged" else SMALL_GRAVITY
+    return getattr(nbody, f"generate_{kind}")(root, **{**params, "progress": False, **kwargs})
 
 
 def mtimes(root: Path) -> dict[str, int]:
@@ -250,9 +268,10 @@ def mtimes(root: Path) -> dict[str, int]:
 @pytest.fixture
 def count_generations(monkeypatch):
     calls = []
-    original = nbody.generate_charged
-    monkeypatch.setattr(nbody, "generate_charged", lambda *a, **k: calls.append(k) or
-                        original(*a, **k))
+    for kind in KINDS:
+        original = getattr(nbody, f"generate_{kind}")
+        monkeypatch.setattr(nbody, f"generate_{kind}", lambda *a, _f=original, **k: calls.append(k)
+                            or _f(*a, **k))
     return calls
 
 
@@ -279,6 +298,55 @@ def test_dataset_items_and_splits(tmp_path):
     assert info["split_seeds"] == {s: split_seed(43, s) for s in ("train", "val", "test")}
 
 
+def direct_forces(loc, G, softening):
+    """m_i a_i = G Σ_j m_j m_i (x_j − x_i) / (r² + ε²)^{3/2} with unit masses, one pair at a
+    time in float64."""
+    loc = loc.double()
+    forces = torch.zeros_like(loc)
+    for i in range(loc.shape[0]):
+        for j in range(loc.shape[0]):
+            d = loc[j] - loc[i]
+            forces[i] += G * d / (d @ d + softening**2) ** 1.5
+    return forces
+
+
+def test_gravity_items_and_targets(tmp_path):
+    data = {split: small(tmp_path, split, "gravity") for split in ("train", "val", "test")}
+    assert [len(d) for d in data.values()] == [6, 3, 2]
+    item = data["train"][0]
+    assert set(item.keys()) == {"pos", "vel", "mass", "y", "edge_index"}
+    assert item.pos.shape == item.vel.shape == item.y.shape == (12, 3)
+    assert torch.equal(item.mass, torch.ones(12, 1))
+    assert all(t.dtype == torch.float32 for t in (item.pos, item.vel, item.mass, item.y))
+    # edges j → i from the 6 nearest j of each i (the graph itself: test_graphs.py)
+    assert item.edge_index.shape == (2, 72)
+    assert torch.equal(item.edge_index, knn_edges(item.pos, 6))
+    assert torch.equal(torch.bincount(item.edge_index[1]), torch.full((12,), 6))
+    assert torch.equal(small(tmp_path, kind="gravity", neighbours=3)[0].edge_index,
+                       knn_edges(item.pos, 3))
+    # items are frames of simulate_gravity started from the split's initial conditions
+    loc0, vel0, masses = gravity_initial_conditions(6, 12, seed=split_seed(43, "train"))
+    loc, vel, force = simulate_gravity(loc0, vel0, masses, 300, 100)
+    for i in (0, 5):
+        torch.testing.assert_close(data["train"][i].pos, loc[i, 1].float())
+        torch.testing.assert_close(data["train"][i].vel, vel[i, 1].float())
+        torch.testing.assert_close(data["train"][i].y, loc[i, 2].float())
+    assert not torch.equal(data["train"][0].pos, data["val"][0].pos)
+    assert len(small(tmp_path, kind="gravity", max_samples=4)) == 4
+    # target="force": m·a at the input frame; G and softening reach the simulator
+    G, eps = 0.5, 0.2
+    forces = small(tmp_path / "force", kind="gravity", target="force", G=G, softening=eps)
+    loc0, vel0, masses = gravity_initial_conditions(6, 12, seed=split_seed(43, "train"))
+    loc, _, _ = simulate_gravity(loc0, vel0, masses, 300, 100, G=G, softening=eps)
+    for i in (0, 5):
+        torch.testing.assert_close(forces[i].pos, loc[i, 1].float())
+        expected = direct_forces(loc[i, 1], G, eps)
+        torch.testing.assert_close(forces[i].y.double(), expected, rtol=1e-5, atol=1e-6)
+    info = json.loads((tmp_path / "force" / "gravity.json").read_text())
+    assert info["params"] == {**GRAVITY_DEFAULTS, **SMALL_GRAVITY, "G": G, "softening": eps}
+    assert info["frames"] == 3 and set(info["arrays"]) == {"loc", "vel", "force", "meta"}
+
+
 def test_defaults_are_egnn_nbody_small():
     assert {k: CHARGED_DEFAULTS[k] for k in ("num_train", "num_val", "num_test")} == {
         "num_train": 10_000, "num_val": 2_000, "num_test": 2_000}
@@ -288,44 +356,90 @@ def test_defaults_are_egnn_nbody_small():
         small(Path("unused"), frame_out=2)
     with pytest.raises(TypeError, match="n_balls"):
         small(Path("unused"), n_balls=5)
+    with pytest.raises(ValueError, match="GravityNBody"):
+        NBody(Path("unused"), kind="gravity")
 
 
-def test_generation_is_deterministic_and_independent_of_chunk(tmp_path):
-    a = generate_charged(tmp_path / "a", **SMALL, progress=False)
-    b = generate_charged(tmp_path / "b", **SMALL, progress=False, chunk=2)
-    assert a == b
+def test_gravity_defaults_are_segnn_and_bad_arguments_are_errors(tmp_path):
+    dataset, generator = (
+        {k: p.default for k, p in inspect.signature(fn).parameters.items()}
+        for fn in (GravityNBody, generate_gravity)
+    )
+    for defaults in (dataset, generator):
+        assert {k: defaults[k] for k in GRAVITY_DEFAULTS} == GRAVITY_DEFAULTS
+    assert GRAVITY_DEFAULTS["n_particles"] == 100
+    assert (GRAVITY_DEFAULTS["n_steps"], GRAVITY_DEFAULTS["sample_freq"]) == (5000, 100)
+    assert {k: dataset[k] for k in ("max_samples", "frame_in", "frame_out", "target",
+                                    "neighbours")} == {
+        "max_samples": None, "frame_in": 30, "frame_out": 40, "target": "pos", "neighbours": 6}
+    unused = tmp_path / "unused"
+    with pytest.raises(ValueError, match="frame_out"):
+        small(unused, kind="gravity", frame_out=3)
+    with pytest.raises(ValueError, match="target"):
+        small(unused, kind="gravity", target="energy")
+    with pytest.raises(ValueError, match="k must be"):
+        small(unused, kind="gravity", neighbours=0)
+    with pytest.raises(ValueError, match="at least"):
+        small(unused, kind="gravity", n_steps=0)
+    with pytest.raises(TypeError, match="unknown gravity"):
+        nbody.load_gravity(unused, "train", clip=1.0)
+    assert not unused.exists()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_generation_is_deterministic_and_independent_of_chunk(tmp_path, kind):
+    a = generate(kind, tmp_path / "a")
+    b = generate(kind, tmp_path / "b", chunk=2)
+    assert a == b and a["kind"] == kind
+    assert a["params"] == {**DEFAULTS[kind], **(SMALL if kind == "charged" else SMALL_GRAVITY)}
     for split in ("train", "val", "test"):
-        with np.load(tmp_path / "a" / f"charged_{split}.npz") as x, \
-                np.load(tmp_path / "b" / f"charged_{split}.npz") as y:
-            assert all(np.array_equal(x[k], y[k]) for k in ("loc", "vel", "charges", "meta"))
+        with np.load(tmp_path / "a" / f"{kind}_{split}.npz") as x, \
+                np.load(tmp_path / "b" / f"{kind}_{split}.npz") as y:
+            assert x.files == y.files == [*a["arrays"]]
+            assert all(np.array_equal(x[k], y[k]) for k in x.files)
 
 
-def test_cache_is_reused_and_regenerated_when_parameters_change(tmp_path, count_generations):
-    first = small(tmp_path)
+@pytest.mark.parametrize("kind", KINDS)
+def test_cache_is_reused_and_regenerated_when_parameters_change(tmp_path, count_generations,
+                                                                kind):
+    first = small(tmp_path, kind=kind)
     assert len(count_generations) == 1
     before = mtimes(tmp_path)
-    again = small(tmp_path, split="val")
-    small(tmp_path)
+    again = small(tmp_path, split="val", kind=kind)
+    small(tmp_path, kind=kind)
     assert len(count_generations) == 1 and mtimes(tmp_path) == before
     assert len(again) == 3
     with pytest.warns(UserWarning, match=r"seed: 43 != 44.*regenerating"):
-        changed = small(tmp_path, seed=44)
+        changed = small(tmp_path, kind=kind, seed=44)
     assert len(count_generations) == 2
     assert not torch.equal(changed[0].pos, first[0].pos)
-    assert json.loads((tmp_path / "charged.json").read_text())["params"]["seed"] == 44
+    assert json.loads((tmp_path / f"{kind}.json").read_text())["params"]["seed"] == 44
     with pytest.raises(NBodyCacheError, match="other parameters") as err:
-        small(tmp_path, seed=43, generate=False)
-    assert err.value.reason == "stale" and "charged.json" in str(err.value)
+        small(tmp_path, kind=kind, seed=43, generate=False)
+    assert err.value.reason == "stale" and f"{kind}.json" in str(err.value)
     with pytest.raises(NBodyCacheError, match="does not exist"):
-        small(tmp_path / "empty", generate=False)
+        small(tmp_path / "empty", kind=kind, generate=False)
+
+
+def test_kinds_have_separate_caches(tmp_path, count_generations):
+    """Both kinds in one directory: neither reads, overwrites or regenerates the other."""
+    charged, gravity = small(tmp_path), small(tmp_path, kind="gravity")
+    before = mtimes(tmp_path)
+    assert sorted(before) == sorted(f"{kind}{suffix}" for kind in KINDS for suffix in (
+        ".json", "_train.npz", "_val.npz", "_test.npz"))
+    assert torch.equal(small(tmp_path)._pos, charged._pos)
+    assert torch.equal(small(tmp_path, kind="gravity")._pos, gravity._pos)
+    assert len(count_generations) == 2 and mtimes(tmp_path) == before
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "missing_key", "wrong_shape", "json"])
-def test_corrupt_cache_file_is_an_error_or_regenerated(tmp_path, damage, count_generations):
-    good = small(tmp_path)
-    path = tmp_path / ("charged.json" if damage == "json" else "charged_train.npz")
+@pytest.mark.parametrize("kind", KINDS)
+def test_corrupt_cache_file_is_an_error_or_regenerated(tmp_path, kind, damage,
+                                                       count_generations):
+    good = small(tmp_path, kind=kind)
+    path = tmp_path / (f"{kind}.json" if damage == "json" else f"{kind}_train.npz")
     blob = path.read_bytes()
-    with np.load(tmp_path / "charged_train.npz") as npz:
+    with np.load(tmp_path / f"{kind}_train.npz") as npz:
         arrays = {k: npz[k] for k in npz.files}
     if damage in ("truncate", "json"):
         path.write_bytes(blob[: len(blob) // 2])
@@ -336,18 +450,19 @@ def test_corrupt_cache_file_is_an_error_or_regenerated(tmp_path, damage, count_g
     else:
         np.savez(path, **{**arrays, "loc": arrays["loc"][:, :1]})
     with pytest.raises(NBodyCacheError, match=path.name) as err:
-        small(tmp_path, generate=False)
+        small(tmp_path, kind=kind, generate=False)
     assert err.value.reason == "corrupt"
     with pytest.warns(UserWarning, match=path.name):
-        fixed = small(tmp_path)
+        fixed = small(tmp_path, kind=kind)
     assert len(count_generations) == 2
     assert torch.equal(fixed._pos, good._pos) and torch.equal(fixed._y, good._y)
 
 
-def test_writes_are_atomic(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", KINDS)
+def test_writes_are_atomic(tmp_path, monkeypatch, kind):
     """A crash while writing a split file or the json leaves the old files whole, no temporary
     file behind, and never a mix of old and new data read as valid."""
-    small(tmp_path)
+    small(tmp_path, kind=kind)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     real_savez = np.savez
 
@@ -357,7 +472,7 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez", crash_midway)
     with pytest.raises(OSError, match="disk full"):
-        generate_charged(tmp_path, **{**SMALL, "seed": 44}, progress=False)
+        generate(kind, tmp_path, seed=44)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     monkeypatch.setattr(np, "savez", real_savez)
 
@@ -370,9 +485,9 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", crash_on_json)
     with pytest.raises(OSError, match="power cut"):
-        generate_charged(tmp_path, **{**SMALL, "seed": 44}, progress=False)
-    assert (tmp_path / "charged.json").read_bytes() == before["charged.json"]
+        generate(kind, tmp_path, seed=44)
+    assert (tmp_path / f"{kind}.json").read_bytes() == before[f"{kind}.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)  # no temp files
     # the old json with new split files: detected as stale, not read as the old data
     with pytest.raises(NBodyCacheError, match="does not match"):
-        small(tmp_path, generate=False)
+        small(tmp_path, kind=kind, generate=False)

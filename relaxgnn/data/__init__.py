@@ -4,13 +4,22 @@ from .ase_dataset import ASEDataset
 from .attributes import SEGNNAttributes, segnn_attributes, spherical_harmonics
 from .graphs import (
     FullyConnected,
+    KNNGraph,
     RadiusGraph,
     edge_vectors,
     fully_connected_edges,
+    knn_edges,
     radius_edges,
 )
 from .md17 import MD17
-from .nbody import NBody, generate_charged, simulate_charged, simulate_gravity
+from .nbody import (
+    GravityNBody,
+    NBody,
+    generate_charged,
+    generate_gravity,
+    simulate_charged,
+    simulate_gravity,
+)
 from .qm9 import QM9
 from .splits import load_splits, save_splits, split_indices
 
@@ -19,12 +28,16 @@ __all__ = [
     "QM9",
     "ASEDataset",
     "FullyConnected",
+    "GravityNBody",
+    "KNNGraph",
     "NBody",
     "RadiusGraph",
     "SEGNNAttributes",
     "edge_vectors",
     "fully_connected_edges",
     "generate_charged",
+    "generate_gravity",
+    "knn_edges",
     "load_splits",
     "radius_edges",
     "save_splits",

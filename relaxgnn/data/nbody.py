@@ -35,6 +35,13 @@ The initial state is not stored: ``n_steps`` = 5000 and ``s`` = 100 give 49 fram
 
 integrated by kick–drift–kick leapfrog; frame :math:`k` is step :math:`s k` (t = 0 included).
 
+**Data sets and their cache.** :class:`NBody` (charged) and :class:`GravityNBody` (gravity,
+with k-nearest-neighbour graphs) read ``root/<kind>_{split}.npz`` and ``root/<kind>.json``,
+written by :func:`generate_charged` / :func:`generate_gravity` and checked by
+:func:`load_charged` / :func:`load_gravity`. One kind-generic implementation does the
+parameter checks, per-split seeds, atomic writes and checked reads; a small table (``_KINDS``)
+says per kind what differs: defaults, initial conditions, simulator, stored arrays and frames.
+
 **Equivariance of the data.** Without clipping the simulation is exactly E(3)-equivariant
 (rotating, reflecting or translating the initial state does the same to every frame). The
 clip acts on each Cartesian component, so it depends on the frame: where it acts (two unit
@@ -54,8 +61,9 @@ import os
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -63,6 +71,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import Data, Dataset
+
+from .graphs import KNNGraph
 
 SPLITS = ("train", "val", "test")
 CACHE_FORMAT = 1
@@ -80,6 +90,20 @@ CHARGED_DEFAULTS: dict[str, Any] = {
     "loc_std": 1.0,
     "vel_norm": 0.5,
     "clip": 100.0,
+}
+
+#: Generation parameters of the gravity data set (SEGNN's; the seed is ours).
+GRAVITY_DEFAULTS: dict[str, Any] = {
+    "num_train": 10_000,
+    "num_val": 2_000,
+    "num_test": 2_000,
+    "seed": 43,
+    "n_particles": 100,
+    "n_steps": 5000,
+    "sample_freq": 100,
+    "dt": 0.001,
+    "G": 1.0,
+    "softening": 0.1,
 }
 
 
@@ -321,35 +345,6 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
-def _split_meta(params: dict[str, Any], split: str) -> dict[str, Any]:
-    """What a split file records about itself (compared on load)."""
-    return {
-        "format": CACHE_FORMAT,
-        "kind": "charged",
-        "split": split,
-        "params": params,
-        "split_seed": split_seed(params["seed"], split),
-    }
-
-
-def _resolve(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(params) - set(CHARGED_DEFAULTS))
-    if unknown:
-        raise TypeError(
-            f"unknown charged N-body generation parameters {unknown}; "
-            f"known: {sorted(CHARGED_DEFAULTS)}"
-        )
-    out = {**CHARGED_DEFAULTS, **params}
-    for key, value in out.items():
-        if isinstance(CHARGED_DEFAULTS[key], int):
-            if isinstance(value, bool) or int(value) != value:
-                raise TypeError(f"generation parameter {key} must be an integer, got {value!r}")
-            out[key] = int(value)
-        else:
-            out[key] = float(value)
-    return out
-
-
 @contextmanager
 def _torch_threads(threads: int | None) -> Iterator[None]:
     """Temporarily set torch's intra-op thread count (``None``: leave it)."""
@@ -362,30 +357,287 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+@dataclass(frozen=True)
+class _Kind:
+    """What the kind-generic cache code needs to know about one kind of N-body data.
+
+    ``initial(num, seed, params)`` draws the float64 initial state, a dict with ``loc0`` and
+    ``vel0`` ``(num, N, 3)`` and any per-particle tensors ``(num, N)``; ``simulate(state,
+    params)`` integrates a chunk of it (the same dict, sliced) into the ``trajectory`` arrays,
+    each ``(B, frames, N, 3)``. A split file ``<kind>_{split}.npz`` stores the ``trajectory``
+    arrays, the ``per_particle`` entries of the initial state and ``meta``; frame ``k`` is
+    integration step ``sample_freq·(k + first_frame)``."""
+
+    defaults: dict[str, Any]
+    initial: Callable[[int, int, dict[str, Any]], dict[str, Tensor]]
+    simulate: Callable[[dict[str, Tensor], dict[str, Any]], dict[str, Tensor]]
+    trajectory: tuple[str, ...]
+    per_particle: tuple[str, ...]
+    first_frame: int
+    frame_steps: str  # for the json; formatted with s = sample_freq and t = sample_freq * dt
+    simulator: str
+
+
+def _charged_initial(num: int, seed: int, p: dict[str, Any]) -> dict[str, Tensor]:
+    loc0, vel0, charges = charged_initial_conditions(
+        num, p["n_particles"], seed, p["loc_std"], p["vel_norm"]
+    )
+    return {"loc0": loc0, "vel0": vel0, "charges": charges}
+
+
+def _charged_simulate(state: dict[str, Tensor], p: dict[str, Any]) -> dict[str, Tensor]:
+    loc, vel = simulate_charged(
+        state["loc0"], state["vel0"], state["charges"],
+        p["n_steps"], p["sample_freq"], p["dt"], p["clip"],
+    )  # fmt: skip
+    return {"loc": loc, "vel": vel}
+
+
+def _gravity_initial(num: int, seed: int, p: dict[str, Any]) -> dict[str, Tensor]:
+    loc0, vel0, masses = gravity_initial_conditions(num, p["n_particles"], seed)
+    return {"loc0": loc0, "vel0": vel0, "masses": masses}
+
+
+def _gravity_simulate(state: dict[str, Tensor], p: dict[str, Any]) -> dict[str, Tensor]:
+    loc, vel, force = simulate_gravity(
+        state["loc0"], state["vel0"], state["masses"],
+        p["n_steps"], p["sample_freq"], p["dt"], p["G"], p["softening"],
+    )  # fmt: skip
+    return {"loc": loc, "vel": vel, "force": force}
+
+
+_KINDS: dict[str, _Kind] = {
+    "charged": _Kind(
+        defaults=CHARGED_DEFAULTS,
+        initial=_charged_initial,
+        simulate=_charged_simulate,
+        trajectory=("loc", "vel"),
+        per_particle=("charges",),
+        first_frame=1,
+        frame_steps="frame k is integration step {s}*(k+1) (time {t:g}*(k+1)); vel is the "
+        "half-step velocity v(t - dt/2)",
+        simulator="relaxgnn.data.nbody.simulate_charged",
+    ),
+    "gravity": _Kind(
+        defaults=GRAVITY_DEFAULTS,
+        initial=_gravity_initial,
+        simulate=_gravity_simulate,
+        trajectory=("loc", "vel", "force"),
+        per_particle=(),  # unit masses: not stored
+        first_frame=0,
+        frame_steps="frame k is integration step {s}*k (time {t:g}*k; frame 0 is the initial "
+        "state); vel is the velocity v(t) and force the force m*a(t) at that time (unit masses)",
+        simulator="relaxgnn.data.nbody.simulate_gravity",
+    ),
+}
+
+
+def _kind(kind: str) -> _Kind:
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {sorted(_KINDS)}, got {kind!r}")
+    return _KINDS[kind]
+
+
+def _frames(kind: str, params: dict[str, Any]) -> int:
+    """Number of stored frames."""
+    return params["n_steps"] // params["sample_freq"] - _kind(kind).first_frame
+
+
+def _resolve(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``kind``'s defaults updated by ``params``, typed like the defaults and checked."""
+    defaults = _kind(kind).defaults
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise TypeError(
+            f"unknown {kind} N-body generation parameters {unknown}; known: {sorted(defaults)}"
+        )
+    out = {**defaults, **params}
+    for key, value in out.items():
+        if isinstance(defaults[key], int):
+            if isinstance(value, bool) or int(value) != value:
+                raise TypeError(f"generation parameter {key} must be an integer, got {value!r}")
+            out[key] = int(value)
+        else:
+            out[key] = float(value)
+    _check_steps(out["n_steps"], out["sample_freq"], out["dt"])
+    if _frames(kind, out) < 1:
+        first = _kind(kind).first_frame
+        raise ValueError(
+            f"n_steps ({out['n_steps']}) must be at least {first + 1} * sample_freq "
+            f"({(first + 1) * out['sample_freq']}) to store a frame"
+        )
+    return out
+
+
+def _split_meta(kind: str, params: dict[str, Any], split: str) -> dict[str, Any]:
+    """What a split file records about itself (compared on load)."""
+    return {
+        "format": CACHE_FORMAT,
+        "kind": kind,
+        "split": split,
+        "params": params,
+        "split_seed": split_seed(params["seed"], split),
+    }
+
+
+def _shapes(kind: str, params: dict[str, Any], split: str) -> dict[str, tuple[int, ...]]:
+    """The float32 arrays of a split file and their shapes."""
+    spec = _kind(kind)
+    num, n, frames = params[f"num_{split}"], params["n_particles"], _frames(kind, params)
+    return {
+        **{key: (num, frames, n, 3) for key in spec.trajectory},
+        **{key: (num, n) for key in spec.per_particle},
+    }
+
+
 def _simulate_split(
-    params: dict[str, Any], split: str, chunk: int, done: Callable[[int], Any]
+    kind: str, params: dict[str, Any], split: str, chunk: int, done: Callable[[int], Any]
 ) -> dict[str, np.ndarray]:
     """The arrays of one split file; ``done(k)`` is called after each chunk of ``k``."""
-    num, n = params[f"num_{split}"], params["n_particles"]
-    steps = params["n_steps"], params["sample_freq"], params["dt"], params["clip"]
-    meta = _split_meta(params, split)
-    loc0, vel0, charges = charged_initial_conditions(
-        num, n, meta["split_seed"], params["loc_std"], params["vel_norm"]
-    )
-    frames = params["n_steps"] // params["sample_freq"] - 1
-    loc = np.empty((num, frames, n, 3), dtype=np.float32)
-    vel = np.empty_like(loc)
+    spec = _kind(kind)
+    meta = _split_meta(kind, params, split)
+    num = params[f"num_{split}"]
+    state = spec.initial(num, meta["split_seed"], params)
+    shapes = _shapes(kind, params, split)
+    arrays = {key: np.empty(shape, np.float32) for key, shape in shapes.items()}
     for start in range(0, num, chunk):
         part = slice(start, min(start + chunk, num))
-        traj_loc, traj_vel = simulate_charged(loc0[part], vel0[part], charges[part], *steps)
-        loc[part], vel[part] = traj_loc.numpy(), traj_vel.numpy()
+        trajectories = spec.simulate({key: t[part] for key, t in state.items()}, params)
+        for key in spec.trajectory:
+            arrays[key][part] = trajectories[key].numpy()
         done(part.stop - part.start)
-    return {
-        "loc": loc,
-        "vel": vel,
-        "charges": charges.numpy().astype(np.float32),
-        "meta": np.array(json.dumps(meta)),
+    for key in spec.per_particle:
+        arrays[key][:] = state[key].numpy()
+    arrays["meta"] = np.array(json.dumps(meta))
+    return arrays
+
+
+def _generate(
+    kind: str,
+    root: str | os.PathLike,
+    params: dict[str, Any],
+    progress: bool,
+    chunk: int,
+    threads: int | None,
+) -> dict[str, Any]:
+    """Simulate the three splits of ``kind`` and write ``root/<kind>_{split}.npz`` and
+    ``root/<kind>.json``, each atomically (see :func:`generate_charged`)."""
+    spec = _kind(kind)
+    params = _resolve(kind, params)
+    if chunk < 1:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    from tqdm.auto import tqdm
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    total = sum(params[f"num_{split}"] for split in SPLITS)
+    bar = tqdm(total=total, desc=f"{kind} N-body", unit="traj", disable=not progress)
+    with bar, _torch_threads(threads):
+        for split in SPLITS:
+            arrays = _simulate_split(kind, params, split, chunk, bar.update)
+            _atomic_write(root / f"{kind}_{split}.npz", lambda f, a=arrays: np.savez(f, **a))
+    shapes = {key: len(shape) for key, shape in _shapes(kind, params, "train").items()}
+    s, dt = params["sample_freq"], params["dt"]
+    info = {
+        "format": CACHE_FORMAT,
+        "kind": kind,
+        "params": params,
+        "split_seeds": {split: split_seed(params["seed"], split) for split in SPLITS},
+        "files": {split: f"{kind}_{split}.npz" for split in SPLITS},
+        "arrays": {
+            **{
+                key: ("(num, frames, N, 3)" if rank == 4 else "(num, N)") + " float32"
+                for key, rank in shapes.items()
+            },
+            "meta": "JSON of the split's parameters",
+        },
+        "frames": _frames(kind, params),
+        "frame_steps": spec.frame_steps.format(s=s, t=s * dt),
+        "simulator": spec.simulator,
     }
+    text = json.dumps(info, indent=2).encode()
+    _atomic_write(root / f"{kind}.json", lambda f: f.write(text))
+    return info
+
+
+def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> str:
+    keys = sorted(set(stored) | set(wanted))
+    return ", ".join(
+        f"{k}: {stored.get(k)!r} != {wanted.get(k)!r}"
+        for k in keys
+        if stored.get(k) != wanted.get(k)
+    )
+
+
+# What numpy and zipfile raise on a damaged .npz (found by flipping, zeroing and cutting bytes).
+_UNREADABLE = (OSError, ValueError, KeyError, EOFError, NotImplementedError, zipfile.BadZipFile)
+
+
+def _load(
+    kind: str,
+    root: str | os.PathLike,
+    split: str,
+    params: dict[str, Any],
+    frames: Sequence[int] | None = None,
+) -> dict[str, np.ndarray]:
+    """Read and check one split of ``kind``'s cache (see :func:`load_charged`). With ``frames``
+    the trajectory arrays keep only those frames (each array is checked whole, then cut, so
+    that at most one whole array is in memory)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    wanted = _resolve(kind, params)
+    root = Path(root)
+    info_path, path = root / f"{kind}.json", root / f"{kind}_{split}.npz"
+    for file in (info_path, path):
+        if not file.is_file():
+            raise NBodyCacheError(f"N-body cache file {file} does not exist", "missing")
+    try:
+        info = json.loads(info_path.read_text())
+        stored = info["params"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise NBodyCacheError(
+            f"N-body cache file {info_path} is unreadable: {err}", "corrupt"
+        ) from err
+    if info.get("format") != CACHE_FORMAT or info.get("kind") != kind or stored != wanted:
+        detail = _differences(stored, wanted) or (
+            f"format {info.get('format')!r}, kind {info.get('kind')!r}"
+        )
+        raise NBodyCacheError(
+            f"N-body cache {info_path} was generated with other parameters ({detail})", "stale"
+        )
+    shapes = _shapes(kind, wanted, split)
+    trajectory = set(_kind(kind).trajectory)
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = sorted({*shapes, "meta"} - set(npz.files))
+            if missing:
+                raise ValueError(f"missing arrays {missing} (has {sorted(npz.files)})")
+            file_meta = json.loads(str(npz["meta"]))
+            if file_meta != json.loads(json.dumps(_split_meta(kind, wanted, split))):
+                raise NBodyCacheError(
+                    f"N-body cache file {path} does not match {info_path} "
+                    f"(its parameters: {file_meta})",
+                    "stale",
+                )
+            for key, shape in shapes.items():
+                a = npz[key]
+                if a.shape != shape or a.dtype != np.float32:
+                    raise NBodyCacheError(
+                        f"N-body cache file {path}: `{key}` has shape {a.shape} "
+                        f"{a.dtype}, expected {shape} float32",
+                        "corrupt",
+                    )
+                if not np.isfinite(a).all():
+                    raise NBodyCacheError(
+                        f"N-body cache file {path}: `{key}` has non-finite values", "corrupt"
+                    )
+                arrays[key] = a[:, list(frames)] if frames is not None and key in trajectory else a
+    except _UNREADABLE as err:
+        raise NBodyCacheError(
+            f"N-body cache file {path} is corrupt or truncated: {err}", "corrupt"
+        ) from err
+    return arrays
 
 
 def generate_charged(
@@ -421,58 +673,52 @@ def generate_charged(
 
     Returns the contents of ``charged.json``.
     """
-    params = _resolve({
+    params = {
         "num_train": num_train, "num_val": num_val, "num_test": num_test, "seed": seed,
         "n_particles": n_particles, "n_steps": n_steps, "sample_freq": sample_freq, "dt": dt,
         "loc_std": loc_std, "vel_norm": vel_norm, "clip": clip,
-    })  # fmt: skip
-    _check_steps(n_steps, sample_freq, dt)
-    if chunk < 1:
-        raise ValueError(f"chunk must be positive, got {chunk}")
-    from tqdm.auto import tqdm
-
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    frames = n_steps // sample_freq - 1
-    total = num_train + num_val + num_test
-    bar = tqdm(total=total, desc="charged N-body", unit="traj", disable=not progress)
-    with bar, _torch_threads(threads):
-        for split in SPLITS:
-            arrays = _simulate_split(params, split, chunk, bar.update)
-            _atomic_write(root / f"charged_{split}.npz", lambda f, a=arrays: np.savez(f, **a))
-    info = {
-        "format": CACHE_FORMAT,
-        "kind": "charged",
-        "params": params,
-        "split_seeds": {split: split_seed(seed, split) for split in SPLITS},
-        "files": {split: f"charged_{split}.npz" for split in SPLITS},
-        "arrays": {
-            "loc": "(num, frames, N, 3) float32",
-            "vel": "(num, frames, N, 3) float32",
-            "charges": "(num, N) float32",
-            "meta": "JSON of the split's parameters",
-        },
-        "frames": frames,
-        "frame_steps": f"frame k is integration step {sample_freq}*(k+1) (time "
-        f"{sample_freq * dt:g}*(k+1)); vel is the half-step velocity v(t - dt/2)",
-        "simulator": "relaxgnn.data.nbody.simulate_charged",
-    }
-    text = json.dumps(info, indent=2).encode()
-    _atomic_write(root / "charged.json", lambda f: f.write(text))
-    return info
+    }  # fmt: skip
+    return _generate("charged", root, params, progress, chunk, threads)
 
 
-def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> str:
-    keys = sorted(set(stored) | set(wanted))
-    return ", ".join(
-        f"{k}: {stored.get(k)!r} != {wanted.get(k)!r}"
-        for k in keys
-        if stored.get(k) != wanted.get(k)
-    )
+def generate_gravity(
+    root: str | os.PathLike,
+    num_train: int = 10_000,
+    num_val: int = 2_000,
+    num_test: int = 2_000,
+    seed: int = 43,
+    n_particles: int = 100,
+    n_steps: int = 5000,
+    sample_freq: int = 100,
+    dt: float = 0.001,
+    G: float = 1.0,
+    softening: float = 0.1,
+    progress: bool = True,
+    chunk: int = 64,
+    threads: int | None = 1,
+) -> dict[str, Any]:
+    """Simulate the three gravity splits and write ``root/gravity_{split}.npz`` and
+    ``root/gravity.json``, the way :func:`generate_charged` does (own seed per split, atomic
+    writes, result independent of ``chunk``), from :func:`gravity_initial_conditions` with
+    :func:`simulate_gravity`.
 
+    A split file holds float32 ``loc``, ``vel`` and ``force`` ``(num, frames, N, 3)`` (frame
+    ``k`` is step ``sample_freq·k``, frame 0 the initial state: 50 frames by default; ``vel``
+    and ``force`` at the frame's time) and ``meta``; the masses are 1 and not stored.
 
-# What numpy and zipfile raise on a damaged .npz (found by flipping, zeroing and cutting bytes).
-_UNREADABLE = (OSError, ValueError, KeyError, EOFError, NotImplementedError, zipfile.BadZipFile)
+    ``chunk`` = 64 keeps memory modest: a step holds a few ``chunk × 3 × N × N`` float64
+    tensors (≈ 15 MB each for N = 100), and larger chunks are no faster. One thread costs
+    ≈ 0.1 ms per trajectory and step at N = 100 (the default 14,000 trajectories of 5,000
+    steps take hours; ``threads`` may help on an idle machine).
+
+    Returns the contents of ``gravity.json``.
+    """
+    params = {
+        "num_train": num_train, "num_val": num_val, "num_test": num_test, "seed": seed,
+        "n_particles": n_particles, "n_steps": n_steps, "sample_freq": sample_freq, "dt": dt,
+        "G": G, "softening": softening,
+    }  # fmt: skip
+    return _generate("gravity", root, params, progress, chunk, threads)
 
 
 def load_charged(root: str | os.PathLike, split: str, **params: Any) -> dict[str, np.ndarray]:
@@ -480,63 +726,58 @@ def load_charged(root: str | os.PathLike, split: str, **params: Any) -> dict[str
     defaults of :func:`generate_charged` for those not given). Returns ``loc``, ``vel`` and
     ``charges``; raises :class:`NBodyCacheError` naming the file when it is missing, stale or
     unreadable (nothing half-read is ever returned)."""
+    return _load("charged", root, split, params)
+
+
+def load_gravity(root: str | os.PathLike, split: str, **params: Any) -> dict[str, np.ndarray]:
+    """Read and check one split of the gravity cache under ``root`` (parameters and errors as
+    :func:`load_charged`, defaults of :func:`generate_gravity`). Returns ``loc``, ``vel`` and
+    ``force``."""
+    return _load("gravity", root, split, params)
+
+
+# ----------------------------------------------------------------------------- the data sets
+
+
+def _dataset_arrays(
+    kind: str,
+    root: str | os.PathLike,
+    split: str,
+    params: dict[str, Any],
+    frames: dict[str, int],
+    max_samples: int | None,
+    regenerate: Callable[..., Any] | None,
+    progress: bool,
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Check a data set's arguments and read its split: the resolved parameters and the
+    arrays of the first ``max_samples`` trajectories, trajectory arrays at ``frames`` only
+    (``(num, len(frames), N, 3)``). A missing cache is generated with ``regenerate`` (the
+    kind's public generator); a stale or corrupt one is regenerated with a warning, or raises
+    :class:`NBodyCacheError` when ``regenerate`` is ``None``."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    wanted = _resolve(params)
-    root = Path(root)
-    info_path, path = root / "charged.json", root / f"charged_{split}.npz"
-    for file in (info_path, path):
-        if not file.is_file():
-            raise NBodyCacheError(f"N-body cache file {file} does not exist", "missing")
-    try:
-        info = json.loads(info_path.read_text())
-        stored = info["params"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise NBodyCacheError(
-            f"N-body cache file {info_path} is unreadable: {err}", "corrupt"
-        ) from err
-    if info.get("format") != CACHE_FORMAT or stored != wanted:
-        raise NBodyCacheError(
-            f"N-body cache {info_path} was generated with other parameters "
-            f"({_differences(stored, wanted) or 'format ' + str(info.get('format'))})",
-            "stale",
-        )
-    meta = _split_meta(wanted, split)
-    num, n = wanted[f"num_{split}"], wanted["n_particles"]
-    frames = wanted["n_steps"] // wanted["sample_freq"] - 1
-    shapes = {"loc": (num, frames, n, 3), "vel": (num, frames, n, 3), "charges": (num, n)}
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = sorted({*shapes, "meta"} - set(npz.files))
-            if missing:
-                raise ValueError(f"missing arrays {missing} (has {sorted(npz.files)})")
-            arrays = {key: npz[key] for key in shapes}
-            file_meta = json.loads(str(npz["meta"]))
-    except _UNREADABLE as err:
-        raise NBodyCacheError(
-            f"N-body cache file {path} is corrupt or truncated: {err}", "corrupt"
-        ) from err
-    if file_meta != json.loads(json.dumps(meta)):
-        raise NBodyCacheError(
-            f"N-body cache file {path} does not match {info_path} (its parameters: {file_meta})",
-            "stale",
-        )
-    for key, shape in shapes.items():
-        a = arrays[key]
-        if a.shape != shape or a.dtype != np.float32:
-            raise NBodyCacheError(
-                f"N-body cache file {path}: `{key}` has shape {a.shape} "
-                f"{a.dtype}, expected {shape} float32",
-                "corrupt",
+    wanted = _resolve(kind, params)
+    n_frames = _frames(kind, wanted)
+    for name, frame in frames.items():
+        if not 0 <= frame < n_frames:
+            raise ValueError(
+                f"{name} must be in [0, {n_frames}) ({n_frames} frames for "
+                f"n_steps={wanted['n_steps']}, sample_freq={wanted['sample_freq']}), got {frame}"
             )
-        if not np.isfinite(a).all():
-            raise NBodyCacheError(
-                f"N-body cache file {path}: `{key}` has non-finite values", "corrupt"
-            )
-    return arrays
-
-
-# ----------------------------------------------------------------------------- the data set
+    if max_samples is not None and max_samples < 0:
+        raise ValueError(f"max_samples must be >= 0 or None, got {max_samples}")
+    try:
+        arrays = _load(kind, root, split, wanted, list(frames.values()))
+    except NBodyCacheError as err:
+        if regenerate is None:
+            raise
+        if err.reason != "missing":
+            warnings.warn(f"{err}; regenerating the cache", stacklevel=3)
+        regenerate(root, **wanted, progress=progress)
+        arrays = _load(kind, root, split, wanted, list(frames.values()))
+    keep = slice(None if max_samples is None else max_samples)
+    tensors = {key: torch.from_numpy(np.ascontiguousarray(a[keep])) for key, a in arrays.items()}
+    return wanted, tensors
 
 
 class NBody(Dataset):
@@ -554,7 +795,7 @@ class NBody(Dataset):
 
     Args:
         root: cache directory.
-        kind: ``"charged"`` (the only kind with a data set; gravity: :func:`simulate_gravity`).
+        kind: ``"charged"`` (the gravity data set is :class:`GravityNBody`).
         split: ``"train"`` (10,000), ``"val"`` (2,000) or ``"test"`` (2,000 trajectories).
         max_samples: keep the first ``max_samples`` trajectories (EGNN trains on 3,000);
             ``None`` keeps all.
@@ -593,39 +834,18 @@ class NBody(Dataset):
                       n_particles=n_particles, n_steps=n_steps, sample_freq=sample_freq, dt=dt,
                       loc_std=loc_std, vel_norm=vel_norm, clip=clip)
         if kind != "charged":
-            raise ValueError(
-                f"kind must be 'charged', got {kind!r} (gravity trajectories: simulate_gravity)"
-            )
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        wanted = _resolve(params)
-        frames = wanted["n_steps"] // wanted["sample_freq"] - 1
-        for name, frame in (("frame_in", frame_in), ("frame_out", frame_out)):
-            if not 0 <= frame < frames:
-                raise ValueError(
-                    f"{name} must be in [0, {frames}) ({frames} frames for "
-                    f"n_steps={wanted['n_steps']}, sample_freq="
-                    f"{wanted['sample_freq']}), got {frame}"
-                )
-        if max_samples is not None and max_samples < 0:
-            raise ValueError(f"max_samples must be >= 0 or None, got {max_samples}")
-        self.kind, self.split, self.params = kind, split, wanted
-        self.frame_in, self.frame_out = frame_in, frame_out
+            raise ValueError(f"kind must be 'charged', got {kind!r} (gravity: GravityNBody)")
         super().__init__(str(root), transform=transform)
-        try:
-            arrays = load_charged(root, split, **wanted)
-        except NBodyCacheError as err:
-            if not generate:
-                raise
-            if err.reason != "missing":
-                warnings.warn(f"{err}; regenerating the cache", stacklevel=2)
-            generate_charged(root, **wanted, progress=progress)
-            arrays = load_charged(root, split, **wanted)
-        keep = slice(None if max_samples is None else max_samples)
-        self._pos = torch.from_numpy(arrays["loc"][keep, frame_in].copy())
-        self._vel = torch.from_numpy(arrays["vel"][keep, frame_in].copy())
-        self._y = torch.from_numpy(arrays["loc"][keep, frame_out].copy())
-        self._charges = torch.from_numpy(arrays["charges"][keep].copy()).unsqueeze(-1)
+        self.params, arrays = _dataset_arrays(
+            "charged", root, split, params, {"frame_in": frame_in, "frame_out": frame_out},
+            max_samples, generate_charged if generate else None, progress,
+        )  # fmt: skip
+        self.kind, self.split = kind, split
+        self.frame_in, self.frame_out = frame_in, frame_out
+        self._pos = arrays["loc"][:, 0].contiguous()
+        self._vel = arrays["vel"][:, 0].contiguous()
+        self._y = arrays["loc"][:, 1].contiguous()
+        self._charges = arrays["charges"].unsqueeze(-1)
 
     def len(self) -> int:
         return self._pos.shape[0]
@@ -642,14 +862,113 @@ class NBody(Dataset):
         )
 
 
+class GravityNBody(Dataset):
+    r"""SEGNN's gravity N-body data set as ``Data`` graphs with k-nearest-neighbour edges.
+
+    Item ``i`` of a split is trajectory ``i`` (float32):
+    ``Data(pos=loc[frame_in] (N, 3), vel=vel[frame_in] (N, 3), mass (N, 1) (ones), y (N, 3),
+    edge_index (2, N·min(neighbours, N − 1)))``, where ``edge_index`` is
+    :class:`~relaxgnn.data.KNNGraph` of ``pos``: an edge ``j → i`` (``edge_index[0] = j``,
+    ``edge_index[1] = i``) from each of the ``neighbours`` nodes ``j`` nearest to ``i``
+    (SEGNN's gravity setting: 6). With the defaults the input is step 3000 (time 3.0) and the
+    target frame step 4000.
+
+    Targets (``target``):
+
+    - ``"pos"``: ``y = loc[frame_out]``, the positions ``frame_out − frame_in`` frames later
+      (SEGNN's task; 1000 steps, time 1.0, by default).
+    - ``"force"``: ``y = force[frame_in]``, the softened gravitational force
+      :math:`m_i a_i` on each body at the input positions (``frame_out`` is then unused but
+      must still be a valid frame).
+
+    The cache under ``root`` (:func:`generate_gravity`: ``gravity_{split}.npz`` and
+    ``gravity.json``) is generated when missing, and regenerated with a warning
+    (``generate=True``) or reported by :class:`NBodyCacheError` (``generate=False``) when it
+    is stale or corrupt, as for :class:`NBody`.
+
+    Args:
+        root: cache directory.
+        split: ``"train"`` (10,000), ``"val"`` (2,000) or ``"test"`` (2,000 trajectories).
+        max_samples: keep the first ``max_samples`` trajectories (``None``: all).
+        frame_in, frame_out: frames of the input and the target (0 ≤ frame < 50).
+        target: ``"pos"`` or ``"force"`` (above).
+        neighbours: ``k`` of the k-nearest-neighbour graph.
+        generate: generate or regenerate the cache when needed.
+        transform: applied to each item on access, after the graph is built (PyG convention).
+        progress: show the generation progress bar.
+        num_train, …, softening: generation parameters of :func:`generate_gravity`.
+    """
+
+    TARGETS = ("pos", "force")
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        max_samples: int | None = None,
+        frame_in: int = 30,
+        frame_out: int = 40,
+        target: str = "pos",
+        neighbours: int = 6,
+        generate: bool = True,
+        transform: Callable[[Data], Data] | None = None,
+        progress: bool = True,
+        num_train: int = 10_000,
+        num_val: int = 2_000,
+        num_test: int = 2_000,
+        seed: int = 43,
+        n_particles: int = 100,
+        n_steps: int = 5000,
+        sample_freq: int = 100,
+        dt: float = 0.001,
+        G: float = 1.0,
+        softening: float = 0.1,
+    ) -> None:
+        params = dict(num_train=num_train, num_val=num_val, num_test=num_test, seed=seed,
+                      n_particles=n_particles, n_steps=n_steps, sample_freq=sample_freq, dt=dt,
+                      G=G, softening=softening)
+        if target not in self.TARGETS:
+            raise ValueError(f"target must be one of {self.TARGETS}, got {target!r}")
+        self._graph = KNNGraph(neighbours)  # checks neighbours
+        super().__init__(str(root), transform=transform)
+        self.params, arrays = _dataset_arrays(
+            "gravity", root, split, params, {"frame_in": frame_in, "frame_out": frame_out},
+            max_samples, generate_gravity if generate else None, progress,
+        )  # fmt: skip
+        self.split, self.target, self.neighbours = split, target, neighbours
+        self.frame_in, self.frame_out = frame_in, frame_out
+        self._pos = arrays["loc"][:, 0].contiguous()
+        self._vel = arrays["vel"][:, 0].contiguous()
+        self._y = (arrays["loc"][:, 1] if target == "pos" else arrays["force"][:, 0]).contiguous()
+
+    def len(self) -> int:
+        return self._pos.shape[0]
+
+    def get(self, idx: int) -> Data:
+        pos = self._pos[idx]
+        data = Data(pos=pos, vel=self._vel[idx], mass=pos.new_ones(pos.shape[0], 1), y=self._y[idx])
+        return self._graph(data)
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(split={self.split!r}, {len(self)} graphs, frames "
+            f"{self.frame_in}→{self.frame_out}, target={self.target!r}, "
+            f"neighbours={self.neighbours})"
+        )
+
+
 __all__ = [
     "CHARGED_DEFAULTS",
+    "GRAVITY_DEFAULTS",
+    "GravityNBody",
     "NBody",
     "NBodyCacheError",
     "charged_initial_conditions",
     "generate_charged",
+    "generate_gravity",
     "gravity_initial_conditions",
     "load_charged",
+    "load_gravity",
     "simulate_charged",
     "simulate_gravity",
     "split_seed",
