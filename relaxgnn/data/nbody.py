@@ -58,20 +58,20 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import Data, Dataset
 
+from ..atomic import atomic_write
 from .graphs import KNNGraph
 
 SPLITS = ("train", "val", "test")
@@ -329,22 +329,6 @@ def split_seed(seed: int, split: str) -> int:
     return int(np.random.SeedSequence([int(seed), SPLITS.index(split)]).generate_state(1)[0])
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write`` on a temporary file in ``path``'s directory, then rename it over ``path``;
-    on any error the temporary file is removed and ``path`` is left as it was."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @contextmanager
 def _torch_threads(threads: int | None) -> Iterator[None]:
     """Temporarily set torch's intra-op thread count (``None``: leave it)."""
@@ -535,7 +519,7 @@ def _generate(
     with bar, _torch_threads(threads):
         for split in SPLITS:
             arrays = _simulate_split(kind, params, split, chunk, bar.update)
-            _atomic_write(root / f"{kind}_{split}.npz", lambda f, a=arrays: np.savez(f, **a))
+            atomic_write(root / f"{kind}_{split}.npz", lambda f, a=arrays: np.savez(f, **a))
     shapes = {key: len(shape) for key, shape in _shapes(kind, params, "train").items()}
     s, dt = params["sample_freq"], params["dt"]
     info = {
@@ -556,7 +540,7 @@ def _generate(
         "simulator": spec.simulator,
     }
     text = json.dumps(info, indent=2).encode()
-    _atomic_write(root / f"{kind}.json", lambda f: f.write(text))
+    atomic_write(root / f"{kind}.json", lambda f: f.write(text))
     return info
 
 
