@@ -4,6 +4,8 @@
   on LightningCLI (see :mod:`relaxgnn.train.cli`).
 - ``relaxgnn project CKPT OUT``: a relaxed checkpoint → projected, exactly equivariant model file.
 - ``relaxgnn data nbody --kind charged --out DIR``: generate the charged N-body data set.
+- ``relaxgnn data md --molecule ethanol --steps N --out FILE.npz``: an MD17-like data set
+  (Langevin MD at 500 K with GFN2-xTB from tblite, the ``md`` extra).
 - ``relaxgnn demo``: the equivariance report of every model on a molecule.
 """
 
@@ -41,6 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
                           ("sample-freq", 100)):
         nbody.add_argument(f"--{name}", type=int, default=default)
     nbody.add_argument("--dt", type=float, default=0.001)
+    md = kinds.add_parser("md", help="an MD17-like set: Langevin MD with GFN2-xTB (tblite)")
+    md.add_argument("--molecule", default="ethanol", help="a name ase.build.molecule knows, or "
+                    "ethanol/aspirin-style aliases (see relaxgnn.data.md_generate.MOLECULES)")
+    md.add_argument("--steps", type=int, default=20_000)
+    md.add_argument("--out", default=None, help="default datasets/md/<molecule>_xtb.npz")
+    md.add_argument("--temperature", type=float, default=500.0, help="K")
+    md.add_argument("--timestep-fs", type=float, default=0.5)
+    md.add_argument("--friction", type=float, default=0.01, help="per fs")
+    md.add_argument("--seed", type=int, default=0)
+    md.add_argument("--sample-every", type=int, default=10)
+    md.add_argument("--equilibration-steps", type=int, default=1_000)
+    md.add_argument("--method", default="GFN2-xTB")
     demo = commands.add_parser("demo", help="equivariance report of every model on a molecule")
     demo.add_argument("--molecule", default="CH3CH2OH",
                       help="a name that ase.build.molecule knows (default: ethanol)")
@@ -75,6 +89,19 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, FileNotFoundError) as err:
             return _fail("project", err)
         print(f"projected model written to {path}")
+    elif args.command == "data" and args.dataset == "md":
+        from .data.md_generate import generate_md
+
+        out = args.out or f"datasets/md/{args.molecule}_xtb.npz"
+        try:
+            info = generate_md(args.molecule, steps=args.steps, out=out,
+                               temperature=args.temperature, timestep_fs=args.timestep_fs,
+                               friction=args.friction, seed=args.seed,
+                               sample_every=args.sample_every,
+                               equilibration_steps=args.equilibration_steps, method=args.method)
+        except (FileNotFoundError, ValueError, ImportError) as err:
+            return _fail("data md", err)
+        print(f"wrote {out} ({info.get('frames', '?')} frames) and its .json")
     elif args.command == "data":
         from .data.nbody import generate_charged
 

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-EXTRAS=${RELAXGNN_EXTRAS:-train,dev}
+EXTRAS=${RELAXGNN_EXTRAS:-train,md,dev}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
 if [ ! -x .venv/bin/python ]; then

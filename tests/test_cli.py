@@ -39,3 +39,17 @@ def test_data_nbody_writes_a_cache_that_nbody_reads(tmp_path, capsys):
                  n_steps=300, sample_freq=50, seed=7, frame_in=1, frame_out=3, generate=False)
     assert len(data) == 6 and data[0].pos.shape == (5, 3)
     assert (out / "charged_train.npz").stat().st_mtime_ns == stamp  # reused, not regenerated
+
+
+def test_data_md_writes_an_rmd17_file(tmp_path, capsys):
+    out = tmp_path / "ethanol.npz"
+    assert main(["data", "md", "--molecule", "ethanol", "--steps", "4", "--sample-every", "2",
+                 "--equilibration-steps", "2", "--out", str(out)]) == 0
+    assert "2 frames" in capsys.readouterr().out
+    from relaxgnn.data import MD17
+
+    data = MD17(out)
+    assert len(data) == 2 and data[0].forces.shape == (9, 3)
+    assert main(["data", "md", "--molecule", "unobtainium", "--steps", "20",
+                 "--out", str(tmp_path / "x.npz")]) == 2
+    assert "unobtainium" in capsys.readouterr().err

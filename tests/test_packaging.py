@@ -19,10 +19,10 @@ def _pip_requirements_of_environment() -> list[str]:
 def test_environment_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    expected = project["dependencies"] + extras["train"] + extras["dev"]
+    expected = project["dependencies"] + extras["train"] + extras["md"] + extras["dev"]
     listed = _pip_requirements_of_environment()
     assert sorted(set(listed)) == sorted(set(expected)), (
-        "environment.yml's pip list must equal pyproject's dependencies + [train] + [dev]"
+        "environment.yml's pip list must equal pyproject's dependencies + [train, md, dev]"
     )
     python = next(
         d

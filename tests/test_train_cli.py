@@ -150,3 +150,13 @@ def test_ddp_two_cpu_processes_agree(tmp_path):
     assert len(ranks[0]["thetas"]) == 2 * 3  # 60 samples / 2 ranks / batch 10, two epochs
     for key, value in ranks[0]["state"].items():
         assert torch.equal(value, ranks[1]["state"][key]), key
+
+
+@pytest.mark.parametrize("config", sorted((TESTS.parent / "configs").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["model"]["model"]["class_path"].startswith("relaxgnn.models.")

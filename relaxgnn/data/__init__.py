@@ -12,6 +12,7 @@ from .graphs import (
     radius_edges,
 )
 from .md17 import MD17
+from .md_generate import generate_md
 from .nbody import (
     GravityNBody,
     NBody,
@@ -36,6 +37,7 @@ __all__ = [
     "edge_vectors",
     "fully_connected_edges",
     "generate_charged",
+    "generate_md",
     "generate_gravity",
     "knn_edges",
     "load_splits",

@@ -1,6 +1,8 @@
 """Whole networks built from the layers of :mod:`relaxgnn.nn`."""
 
 from .egnn import EGNN
+from .energy import EnergyForceModel, fit_reference_energies
+from .forces import energy_and_forces
 from .inputs import GraphInputs
 from .io import build_model, load_model, model_spec, save_model
 from .pooling import pool
@@ -9,6 +11,9 @@ from .tpnet import TPNet, hidden_irreps
 
 __all__ = [
     "EGNN",
+    "EnergyForceModel",
+    "energy_and_forces",
+    "fit_reference_energies",
     "SEGNN",
     "GraphInputs",
     "TPNet",

@@ -76,7 +76,7 @@ class GraphInputs(nn.Module):
                     self.cutoff,
                     batch,
                     cell=getattr(data, "cell", None),
-                    pbc=getattr(data, "pbc", False) or False,
+                    pbc=_pbc(getattr(data, "pbc", None)),
                 )
                 shift = shift if bool(shift.any()) else None
         check_edge_index(edge_index, N)
@@ -118,3 +118,8 @@ class GraphInputs(nn.Module):
             unknown = sorted(set(z[bad].tolist()))
             raise ValueError(f"element(s) {unknown} not known to the model (trained on {known})")
         return torch.nn.functional.one_hot(index, len(known))
+
+
+def _pbc(value) -> Tensor | bool:
+    """``data.pbc`` as vesin wants it: ``False`` when absent, else a boolean tensor."""
+    return False if value is None else torch.as_tensor(value, dtype=torch.bool)

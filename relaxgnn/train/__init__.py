@@ -3,7 +3,7 @@
 from .callbacks import EquivarianceMonitor, ExportModel, Relax
 from .checkpoint_io import AtomicCheckpointIO
 from .datamodule import EpochSampler, GraphDataModule
-from .module import RelaxGNNModule, energy_and_forces
+from .module import RelaxGNNModule
 from .plots import PlotMetrics, plot_run
 
 __all__ = [
@@ -15,6 +15,5 @@ __all__ = [
     "PlotMetrics",
     "Relax",
     "RelaxGNNModule",
-    "energy_and_forces",
     "plot_run",
 ]

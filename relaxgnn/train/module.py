@@ -26,25 +26,13 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
+from ..models.forces import energy_and_forces
 from ..models.io import model_spec
 from ..relax.controller import find_paths
 from ..symmetry import apply_orthogonal, random_rotation, representation
 
 Task = Literal["node", "graph", "energy_forces"]
 MILLI = {"eV": ("meV", 1e3), "Hartree": ("mHa", 1e3)}
-
-
-def energy_and_forces(model: nn.Module, batch: Batch, create_graph: bool) -> tuple[Tensor, Tensor]:
-    """``(E (G,), F = -∂E/∂pos (N, 3))`` for a model that outputs one energy per graph."""
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError("forces need autograd, which inference mode disables: use "
-                           "Trainer(inference_mode=False) (relaxgnn's CLI does)")
-    pos = batch.pos
-    if not pos.requires_grad:
-        pos.requires_grad_(True)
-    energy = model(batch).reshape(-1)
-    (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)
-    return energy, -grad
 
 
 class RelaxGNNModule(LightningModule):
@@ -149,7 +137,7 @@ class RelaxGNNModule(LightningModule):
     def predict_batch(self, batch: Batch, create_graph: bool = False) -> dict[str, Tensor]:
         """Predictions in the data's units."""
         if self.task == "energy_forces":
-            energy, forces = energy_and_forces(self.model, batch, create_graph)
+            energy, forces = energy_and_forces(self.model, batch, training=create_graph)
             return {"energy": energy, "forces": forces}
         out = self.model(batch)
         if self.task == "graph":
@@ -168,7 +156,7 @@ class RelaxGNNModule(LightningModule):
         hp = self.hparams
         if self.task == "energy_forces":
             with torch.enable_grad():
-                energy, forces = energy_and_forces(self.model, batch, create_graph=training)
+                energy, forces = energy_and_forces(self.model, batch, training=training)
             e_true = getattr(batch, hp.energy_field).reshape(-1).to(energy)
             f_true = getattr(batch, hp.forces_field).to(forces)
             loss = hp.energy_weight * (energy - e_true).pow(2).mean() \
@@ -305,4 +293,4 @@ def _arch(spec: dict[str, Any]) -> dict[str, Any]:
         "relaxed": spec["init_args"].get("relax") is not None}
 
 
-__all__: Sequence[str] = ["RelaxGNNModule", "energy_and_forces"]
+__all__: Sequence[str] = ["RelaxGNNModule"]
