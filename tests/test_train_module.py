@@ -11,7 +11,7 @@ from train_helpers import make_trainer, molecules, nbody_like
 
 from relaxgnn.models import EGNN, SEGNN, TPNet, load_model
 from relaxgnn.relax import find_paths
-from relaxgnn.train import EquivarianceMonitor, GraphDataModule, Relax, RelaxGNNModule
+from relaxgnn.train import EMA, EquivarianceMonitor, GraphDataModule, Relax, RelaxGNNModule
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
@@ -159,12 +159,9 @@ def test_checkpoint_from_another_architecture(tmp_path):
 
 
 def test_float64_and_ema(tmp_path):
-    from lightning.pytorch.callbacks import EMAWeightAveraging
-
     L.seed_everything(0)
     module = RelaxGNNModule(egnn(), task="node")
-    trainer = make_trainer(tmp_path, [Relax("CosineDecay", theta=0.5),
-                                      EMAWeightAveraging(decay=0.9)],
+    trainer = make_trainer(tmp_path, [Relax("CosineDecay", theta=0.5), EMA(decay=0.9)],
                            precision="64-true", max_epochs=2, gradient_clip_val=1.0)
     trainer.fit(module, nbody_data())
     assert next(module.parameters()).dtype == torch.float64
@@ -172,3 +169,24 @@ def test_float64_and_ema(tmp_path):
     assert next(projected.parameters()).dtype == torch.float64
     summary = json.loads((tmp_path / "run" / "version_0" / "summary.json").read_text())
     assert max(summary["projected_equivariance_error"].values()) < 1e-12
+
+
+def test_ema_on_an_e3nn_model(tmp_path):
+    """EMA of a TPNet (e3nn): validation sees the averaged weights, training the raw ones, and
+    the end of fit leaves the averaged ones in the model."""
+    L.seed_everything(0)
+    net = TPNet(atomic_numbers=[1, 6, 8], irreps_hidden="8x0e+4x1o", num_layers=1, cutoff=4.0)
+    module = RelaxGNNModule(net, task="energy_forces", target_unit="eV")
+    ema = EMA(decay=0.5)
+    raw = {}
+
+    class Spy(L.Callback):  # the raw weights after the last optimizer step
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            raw.update({n: p.detach().clone() for n, p in pl_module.named_parameters()})
+
+    data = GraphDataModule(dataset=molecules(16), split=[8, 4, 4], batch_size=4)
+    make_trainer(tmp_path, [ema, Spy()], max_epochs=2).fit(module, data)
+    final = dict(module.named_parameters())
+    assert set(ema.shadow) == set(final)
+    assert all(torch.equal(final[n], ema.shadow[n]) for n in final)  # averaged weights kept
+    assert any(not torch.equal(final[n], raw[n]) for n in final)  # and they are not the raw

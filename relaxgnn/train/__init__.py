@@ -1,12 +1,13 @@
 """Training on PyTorch Lightning: the only place relaxgnn imports Lightning."""
 
-from .callbacks import EquivarianceMonitor, ExportModel, Relax
+from .callbacks import EMA, EquivarianceMonitor, ExportModel, Relax
 from .checkpoint_io import AtomicCheckpointIO
 from .datamodule import EpochSampler, GraphDataModule
 from .module import RelaxGNNModule
 from .plots import PlotMetrics, plot_run
 
 __all__ = [
+    "EMA",
     "AtomicCheckpointIO",
     "EpochSampler",
     "EquivarianceMonitor",

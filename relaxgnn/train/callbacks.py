@@ -170,3 +170,62 @@ class EquivarianceMonitor(Callback):
         metrics.update({f"equivariance/{k}": v for k, v in errors.items()})
         for name, value in metrics.items():
             pl_module.log(name, value, batch_size=1)
+
+
+class EMA(Callback):
+    r"""Exponential moving average of the weights,
+    :math:`\bar w \leftarrow d\,\bar w + (1 - d)\,w` after every optimizer step; validation, test
+    and the end of ``fit`` use :math:`\bar w`.
+
+    It averages *parameters by name* only. Lightning's ``EMAWeightAveraging`` pairs parameters
+    and buffers of a deep copy by position, which fails for e3nn modules: a deep-copied e3nn
+    tensor product gains constant buffers its original does not have. Buffers here (θ, Wigner
+    coefficients, masks) are not learned, so there is nothing to average in them.
+    """
+
+    def __init__(self, decay: float = 0.999) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.shadow: dict[str, torch.Tensor] = {}
+        self._backup: dict[str, torch.Tensor] = {}
+
+    def _params(self, pl_module: LightningModule) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
+        for name, p in self._params(pl_module).items():
+            if name not in self.shadow:
+                self.shadow[name] = p.detach().clone()
+            else:
+                self.shadow[name].lerp_(p.detach(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def _swap(self, pl_module: LightningModule) -> None:
+        for name, p in self._params(pl_module).items():
+            if name in self.shadow:
+                tmp = p.detach().clone()
+                p.copy_(self.shadow[name])
+                self.shadow[name] = tmp
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.shadow and not trainer.sanity_checking:
+            self._swap(pl_module)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.shadow and not trainer.sanity_checking:
+            self._swap(pl_module)
+
+    @torch.no_grad()
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for name, p in self._params(pl_module).items():
+            if name in self.shadow:
+                p.copy_(self.shadow[name])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decay = state["decay"]
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
