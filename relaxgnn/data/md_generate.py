@@ -17,17 +17,17 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .. import __version__
+from ..atomic import atomic_write
 from .md17 import energy_factor
 
 if TYPE_CHECKING:
@@ -210,9 +210,9 @@ def generate_md(
         "versions": {"relaxgnn": __version__, "ase": _version("ase"),
                      "tblite": _version("tblite"), "numpy": np.__version__},
     }
-    _atomic_write(out, lambda f: np.savez(f, **arrays))
+    atomic_write(out, lambda f: np.savez(f, **arrays))
     text = json.dumps(info, indent=2, ensure_ascii=False).encode()
-    _atomic_write(out.with_suffix(".json"), lambda f: f.write(text))
+    atomic_write(out.with_suffix(".json"), lambda f: f.write(text))
     return info
 
 
@@ -278,21 +278,6 @@ def single_openmp_thread() -> Iterator[int | str]:
         if gomp is not None:
             gomp.omp_set_num_threads(gomp_threads)
         torch.set_num_threads(torch_threads)  # last: torch may share the runtime above
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through a temporary file in ``path``'s directory, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 __all__ = ["MOLECULES", "generate_md", "resolve_molecule", "single_openmp_thread",
