@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from torch_geometric.datasets import QM9 as PyGQM9
+from torch_geometric import datasets as pyg_datasets
 
 from relaxgnn.data import QM9
 
@@ -27,7 +27,7 @@ def test_matches_torch_geometric_on_the_sdf_sample(tmp_path):
 
     _raw(tmp_path / "pyg", header_lines=9)
     _raw(tmp_path / "ours", header_lines=12)
-    theirs = PyGQM9(str(tmp_path / "pyg"))
+    theirs = pyg_datasets.QM9(str(tmp_path / "pyg"))
     ours = QM9(tmp_path / "ours")
     assert len(ours) == len(theirs) == 2
     for a, b in zip(ours, theirs, strict=True):
