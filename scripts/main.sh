@@ -4,7 +4,7 @@
 # datasets/nbody on first use (~20 s), trains plain and relaxed SEGNN (the paper's architecture:
 # 4 layers, 64 hidden features, lmax 1) for 15 epochs on 1,000 trajectories with 2 seeds per
 # arm, tests the projected models on 500 test trajectories, and prints the table and the path
-# of the validation-curve plot. Extra arguments go to benchmarks/nbody_relaxation.py.
+# of the validation-curve plot (runs/main/nbody_segnn_val.png). Extra arguments go to benchmarks/nbody_relaxation.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
