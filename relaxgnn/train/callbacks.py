@@ -75,10 +75,11 @@ class Relax(Callback):
                 raise ValueError("Relax(interval='epoch') needs trainer.max_epochs")
         else:
             total = int(trainer.estimated_stepping_batches)
-        self.controller = Relaxation(pl_module.model, self._schedule(total), interval=self.interval,
+        schedule = self._schedule(total)
+        self.controller = Relaxation(pl_module.model, schedule, interval=self.interval,
                                      **self.weights)
         pl_module.relaxation = self.controller
-        rank_zero_info(f"relaxation: {self._schedule(total)!r} over {total} {self.interval}s, "
+        rank_zero_info(f"relaxation: {schedule!r} over {total} {self.interval}s, "
                        f"{len(self.controller.paths)} paths")
 
     def _index(self, trainer: Trainer) -> int:

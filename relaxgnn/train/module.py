@@ -28,6 +28,7 @@ from torch_geometric.data import Batch
 
 from ..models.forces import energy_and_forces
 from ..models.io import model_spec
+from ..models.pooling import pool
 from ..relax.controller import find_paths
 from ..symmetry import apply_orthogonal, random_rotation, representation
 
@@ -128,11 +129,15 @@ class RelaxGNNModule(LightningModule):
         if self.hparams.target_index is not None:
             y = y[:, self.hparams.target_index]
         y = y.reshape(batch.num_graphs, -1).to(batch.pos.dtype)
-        if bool(self.atomref_table.any()):
-            ref = torch.zeros(batch.num_graphs, dtype=y.dtype, device=y.device)
-            ref.index_add_(0, batch.batch, self.atomref_table.to(y)[batch.z])
-            y = y - ref.unsqueeze(-1)
+        y = y - self._reference(batch, y)
         return y if raw else (y - self.target_mean) / self.target_std
+
+    def _reference(self, batch: Batch, like: Tensor) -> Tensor | float:
+        """``(G, 1)`` sums of the per-element reference values, or 0 without ``atomref``."""
+        if not bool(self.atomref_table.any()):
+            return 0.0
+        values = self.atomref_table.to(like)[batch.z].unsqueeze(-1)
+        return pool(values, batch.batch, "sum", batch.num_graphs)
 
     def predict_batch(self, batch: Batch, create_graph: bool = False) -> dict[str, Tensor]:
         """Predictions in the data's units."""
@@ -142,10 +147,7 @@ class RelaxGNNModule(LightningModule):
         out = self.model(batch)
         if self.task == "graph":
             out = out.reshape(batch.num_graphs, -1) * self.target_std + self.target_mean
-            if bool(self.atomref_table.any()):
-                ref = torch.zeros(batch.num_graphs, dtype=out.dtype, device=out.device)
-                ref.index_add_(0, batch.batch, self.atomref_table.to(out)[batch.z])
-                out = out + ref.unsqueeze(-1)
+            out = out + self._reference(batch, out)
         return {"y": out}
 
     def forward(self, batch: Batch) -> Tensor:
