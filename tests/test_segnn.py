@@ -81,7 +81,7 @@ def test_tensor_product_bias_only_on_even_scalars():
     tp = O3TensorProduct("2x0e+1x1o", SH(1), "3x0e+1x0o+2x1o+1x0e")
     assert tp.bias.shape == (4,)
     with torch.no_grad():
-        tp.tp.weight.zero_()
+        tp.weight.zero_()
         tp.bias.copy_(torch.arange(1.0, 5.0))
     out = tp(torch.randn(2, 5), torch.randn(2, 4))
     expected = torch.tensor([1.0, 2, 3, 0, 0, 0, 0, 0, 0, 0, 4])

@@ -1,20 +1,22 @@
-r"""e3nn building blocks of SEGNN (Brandstetter et al., ICLR 2022): a steerable linear layer
-(a tensor product with the node or edge attributes, plus scalar biases), its gated version, and
-the choice of hidden irreps that keeps the parameter count of a scalar network."""
+r"""e3nn building blocks of SEGNN (Brandstetter et al., ICLR 2022): the steerable linear layer
+(a tensor product with the node or edge attributes, plus scalar biases; in
+:mod:`relaxgnn.nn.o3_tensor_product`), its gated version, and the choice of hidden irreps that
+keeps the parameter count of a scalar network."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from e3nn import o3
-from e3nn.nn import Gate
+from e3nn.math import normalize2mom
 from torch import Tensor, nn
 
-from ..dtype import ExactWigner3j
 from ..symmetry.irreps import IrrepsLike, as_irreps
+from .o3_tensor_product import SCALAR, O3TensorProduct, join_blocks
 
-SCALAR = o3.Irrep("0e")
+__all__ = ["O3TensorProduct", "O3TensorProductGate", "balanced_irreps", "fc_weight_numel"]
 
 
 def fc_weight_numel(irreps_in1: IrrepsLike, irreps_in2: IrrepsLike, irreps_out: IrrepsLike) -> int:
@@ -67,77 +69,31 @@ def balanced_irreps(
     return (base * n).sort().irreps.simplify()
 
 
-class O3TensorProduct(ExactWigner3j):
-    r"""Steerable linear layer: :math:`y = W(x_1 \otimes x_2) + b`.
-
-    :math:`W(x_1 \otimes x_2)` is ``o3.FullyConnectedTensorProduct(irreps_in1, irreps_in2,
-    irreps_out)`` with one shared set of weights (e3nn's ``"component"`` normalisation), and
-    :math:`b` is a learnable bias on the ``0e`` channels of the output only (a bias on any other
-    irrep would break equivariance). With ``irreps_in2=None`` the second input is the constant
-    ``1x0e`` and the layer is an equivariant linear map of :math:`x_1` (used after pooling).
-    """
-
-    def __init__(
-        self,
-        irreps_in1: IrrepsLike,
-        irreps_in2: IrrepsLike | None,
-        irreps_out: IrrepsLike,
-    ) -> None:
-        super().__init__()
-        self.irreps_in1 = as_irreps(irreps_in1)
-        self.constant_in2 = irreps_in2 is None
-        self.irreps_in2 = as_irreps("1x0e" if irreps_in2 is None else irreps_in2)
-        self.irreps_out = as_irreps(irreps_out)
-        self.tp = o3.FullyConnectedTensorProduct(
-            self.irreps_in1, self.irreps_in2, self.irreps_out, shared_weights=True,
-            irrep_normalization="component",
-        )
-        slices = self.irreps_out.slices()
-        index = [i for (_, ir), sl in zip(self.irreps_out, slices, strict=True)
-                 if ir == SCALAR for i in range(sl.start, sl.stop)]
-        self.register_buffer("bias_index", torch.tensor(index, dtype=torch.long), persistent=False)
-        self.bias = nn.Parameter(torch.zeros(len(index))) if index else None
-        self.reset_parameters()
-        self._keep_wigner_3j_exact()
-
-    def reset_parameters(self) -> None:
-        """Weights ``N(0, 1)`` (e3nn's default; its path normalisation keeps unit variance),
-        biases zero."""
-        with torch.no_grad():
-            if self.tp.weight.numel():
-                self.tp.weight.normal_()
-            if self.bias is not None:
-                self.bias.zero_()
-
-    def forward(self, x1: Tensor, x2: Tensor | None = None) -> Tensor:
-        """``(N, irreps_in1.dim), (N, irreps_in2.dim) -> (N, irreps_out.dim)``."""
-        if x2 is None:
-            if not self.constant_in2:
-                raise ValueError(f"{self.__class__.__name__} needs its second input "
-                                 f"({self.irreps_in2})")
-            x2 = x1.new_ones(x1.shape[0], 1)
-        out = self.tp(x1, x2)
-        if self.bias is not None:
-            out = out + out.new_zeros(self.irreps_out.dim).index_copy(0, self.bias_index, self.bias)
-        return out
-
-    def __repr__(self) -> str:
-        in2 = "1" if self.constant_in2 else self.irreps_in2
-        return f"{self.__class__.__name__}({self.irreps_in1} ⊗ {in2} -> {self.irreps_out})"
+@functools.cache
+def _second_moment_constants() -> tuple[float, float]:
+    r"""e3nn's ``normalize2mom`` constants of SiLU and the sigmoid: :math:`c_f =
+    \mathbb E_{z\sim N(0,1)}[f(z)^2]^{-1/2}` (computed once, in float64)."""
+    return normalize2mom(nn.functional.silu).cst, normalize2mom(torch.sigmoid).cst
 
 
 class O3TensorProductGate(nn.Module):
     r"""Gated steerable layer: :math:`y = \mathrm{Gate}\big(W(x_1 \otimes x_2) + b\big)`.
 
     The tensor product outputs ``irreps_out`` plus one extra ``0e`` gate per irrep of
-    ``irreps_out`` that is not ``0e``. e3nn's ``Gate`` then applies
+    ``irreps_out`` that is not ``0e`` (e3nn's ``Gate`` layout: scalars, gates, gated). The gate
+    then applies
 
     .. math::
-        s \mapsto \mathrm{SiLU}(s) \ \text{on the}\ 0e\ \text{channels},\qquad
-        v \mapsto \sigma(g)\, v \ \text{on every other irrep}\ v\ \text{with its gate}\ g,
+        s \mapsto c_1\,\mathrm{SiLU}(s) \ \text{on the}\ 0e\ \text{channels},\qquad
+        v \mapsto c_2\,\sigma(g)\, v \ \text{on every other irrep}\ v\ \text{with its gate}
+        \ g,
+
+    with e3nn's constants :math:`c_f = \mathbb E_{z\sim N(0,1)}[f(z)^2]^{-1/2}` (1.679 and
+    1.848) that give the activations unit second moment,
 
     so the output has irreps ``irreps_out``, which must list its ``0e`` part first (as sorted
-    irreps such as ``balanced_irreps`` do). Without non-scalar irreps it is just SiLU.
+    irreps such as ``balanced_irreps`` do). Without non-scalar irreps it is just SiLU. Equal to
+    ``e3nn.nn.Gate`` on the output of the tensor product, applied to its blocks directly.
     """
 
     def __init__(
@@ -150,21 +106,34 @@ class O3TensorProductGate(nn.Module):
         irreps_out = as_irreps(irreps_out).simplify()
         scalars = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir == SCALAR])
         gated = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir != SCALAR])
-        gates = o3.Irreps(f"{gated.num_irreps}x0e") if gated.num_irreps else o3.Irreps("")
-        self.gate = Gate(scalars, [nn.functional.silu] if scalars else [], gates,
-                         [torch.sigmoid] if gates else [], gated)
-        if self.gate.irreps_out != irreps_out:
+        if scalars + gated != irreps_out:
             raise ValueError(f"O3TensorProductGate puts the 0e channels first: irreps_out must be "
-                             f"{self.gate.irreps_out}, got {irreps_out}")
+                             f"{scalars + gated}, got {irreps_out}")
         self.irreps_out = irreps_out
-        self.tp = O3TensorProduct(irreps_in1, irreps_in2, self.gate.irreps_in)
+        self.num_scalars = scalars.dim
+        self.gated_muls = [mul for mul, _ in gated]
+        self.silu_scale, self.sigmoid_scale = _second_moment_constants()
+        gates = o3.Irreps(f"{gated.num_irreps}x0e") if gated.num_irreps else o3.Irreps("")
+        self.tp = O3TensorProduct(irreps_in1, irreps_in2, (scalars + gates).simplify() + gated)
 
     def reset_parameters(self) -> None:
         self.tp.reset_parameters()
 
     def forward(self, x1: Tensor, x2: Tensor | None = None) -> Tensor:
         """``(N, irreps_in1.dim), (N, irreps_in2.dim) -> (N, irreps_out.dim)``."""
-        return self.gate(self.tp(x1, x2))
+        blocks = self.tp.blocks(x1, x2)
+        scalars_and_gates, gated = (blocks[0], blocks[1:]) if self.tp.num_scalars \
+            else (None, blocks)
+        out = []
+        if scalars_and_gates is not None:
+            scalars, gates = scalars_and_gates.split(
+                [self.num_scalars, scalars_and_gates.shape[-1] - self.num_scalars], -1)
+            if self.num_scalars:
+                out.append(nn.functional.silu(scalars) * self.silu_scale)
+            gates = torch.sigmoid(gates) * self.sigmoid_scale
+            for v, g in zip(gated, gates.split(self.gated_muls, -1), strict=True):
+                out.append(v * g)
+        return join_blocks(out, x1)
 
     def __repr__(self) -> str:
         in2 = "1" if self.tp.constant_in2 else self.tp.irreps_in2
