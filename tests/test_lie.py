@@ -105,3 +105,30 @@ def test_translation_derivative():
 def test_lie_derivative_checks_width():
     with pytest.raises(ValueError, match="x has 3 features but irreps_in 1x0e"):
         lie_derivative(lambda v: v, torch.zeros(2, 3), "1x0e", "1x0e")
+
+
+def test_commutator_of_a_batch_of_matrices():
+    """generator_commutator maps (*batch, d_out, d_in) to (*batch, 3, d_out, d_in), matrix by
+    matrix, and its rows are the Lie derivatives of x -> Wx."""
+    from relaxgnn.relax.lie import generator_commutator
+
+    W = torch.randn(2, o3.Irreps(IRREPS_OUT).dim, o3.Irreps(IRREPS_IN).dim, dtype=torch.float64)
+    batched = generator_commutator(W, IRREPS_IN, IRREPS_OUT)
+    assert batched.shape == (2, 3, *W.shape[1:])
+    x = torch.randn(o3.Irreps(IRREPS_IN).dim, dtype=torch.float64)
+    for b in range(2):
+        torch.testing.assert_close(batched[b], generator_commutator(W[b], IRREPS_IN, IRREPS_OUT))
+        expected = finite_difference(lambda v, b=b: v @ W[b].T, x, IRREPS_IN, IRREPS_OUT, 1)
+        torch.testing.assert_close(batched[b, 1] @ x, expected, rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="expected"):
+        generator_commutator(W.mT, IRREPS_IN, IRREPS_OUT)
+
+
+def test_blockwise_commutator_equals_the_dense_one():
+    from relaxgnn.relax.lie import generator_commutator
+
+    W = torch.randn(o3.Irreps(IRREPS_OUT).dim, o3.Irreps(IRREPS_IN).dim, dtype=torch.float64)
+    dense = (W @ so3_generators(IRREPS_IN, torch.float64)
+             - so3_generators(IRREPS_OUT, torch.float64) @ W)
+    torch.testing.assert_close(generator_commutator(W, IRREPS_IN, IRREPS_OUT), dense,
+                               rtol=0, atol=1e-14)

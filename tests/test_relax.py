@@ -19,7 +19,7 @@ from relaxgnn.relax import (
     Triangle,
     find_paths,
 )
-from relaxgnn.symmetry import equivariance_error
+from relaxgnn.symmetry import equivariance_error, random_reflection
 
 BUILDERS = {
     "EGNN": lambda relax: EGNN({"charges": "1x0e"}, velocity_field="vel", pair_fields=["charges"],
@@ -227,3 +227,50 @@ def test_linear_path_initialisation():
     mlp = RelaxationPath("4x0e", "2x0e", RelaxConfig(kind="mlp", hidden=16, layers=2))
     last = [m for m in mlp.g if isinstance(m, torch.nn.Linear)][-1]
     assert last.weight.abs().max() < 1e-3 and torch.all(last.bias == 0)
+
+
+def test_linear_penalty_closed_form_equals_the_per_sample_derivatives():
+    """The Gram-matrix form used for linear paths gives the same three terms as the generic
+    per-sample route (Jacobian-vector products through an opaque function)."""
+    from relaxgnn.relax.controller import path_penalties
+    from relaxgnn.relax.lie import lie_derivative, translation_derivative
+    from relaxgnn.symmetry.irreps import representation
+
+    with default_dtype(torch.float64):
+        path = RelaxationPath("2x0e+1x1o+1x2e+1x1o", "1x0e+2x1o", RelaxConfig(init_std=1.0),
+                              position_columns=[10])
+    x = torch.randn(3, 7, path.irreps_in.dim, dtype=torch.float64)
+    reflection = random_reflection(0, dtype=torch.float64)
+    terms = path_penalties(path, x, reflection)
+
+    def opaque(v):  # not an nn.Linear: forces the jvp route
+        return path.g(v)
+    lie = (lie_derivative(opaque, x, path.irreps_in, path.irreps_out).pow(2).sum()
+           + translation_derivative(opaque, x, [10]).pow(2).sum()).sqrt()
+    D_in = representation(path.irreps_in, reflection)
+    D_out = representation(path.irreps_out, reflection)
+    refl = (path.g(x @ D_in.T) - path.g(x) @ D_out.T).pow(2).sum().sqrt()
+    torch.testing.assert_close(terms["lie"], lie, rtol=1e-12, atol=0)
+    torch.testing.assert_close(terms["norm"], path.g(x).pow(2).sum().sqrt(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(terms["reflection"], refl, rtol=1e-12, atol=0)
+    assert terms["lie"] > 1.0  # a random W is far from equivariant
+
+
+def test_batched_layer_penalties_equal_the_per_path_ones():
+    """Relaxation evaluates the linear paths of equal shape in one batch (a model's layers):
+    every block's terms equal path_penalties of that path alone."""
+    from relaxgnn.relax.controller import path_penalties
+
+    model = build("SEGNN", "linear")
+    relax = Relaxation(model, Constant(1.0, 10), reflection_weight=0.1)
+    for path in find_paths(model).values():
+        with torch.no_grad():
+            path.g.weight.normal_()
+    model(data())
+    batched = relax._terms()
+    assert len(batched) == 2
+    reflection = random_reflection(relax.step_index, dtype=torch.float64)
+    for name, path in find_paths(model).items():
+        alone = path_penalties(path, path.last_input, reflection)
+        for term in ("lie", "norm", "reflection"):
+            torch.testing.assert_close(batched[name][term], alone[term], rtol=1e-12, atol=0)

@@ -22,15 +22,21 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..symmetry.group import random_reflection
-from ..symmetry.irreps import representation
-from .lie import lie_derivative, translation_derivative
+from ..symmetry.irreps import IrrepsLike, representation
+from .lie import (
+    generator_commutator,
+    lie_derivative,
+    linear_weight,
+    translation_derivative,
+    translation_tangents,
+)
 from .path import RelaxationPath
 from .schedules import Schedule
 
@@ -58,6 +64,11 @@ def path_penalties(path: RelaxationPath, x: Tensor, reflection: Tensor | None = 
                    ) -> dict[str, Tensor]:
     """The unweighted penalty terms of one path on inputs ``x`` (detached)."""
     x = x.detach()
+    W = linear_weight(path.g)
+    if W is not None:
+        terms = linear_penalties(W[None], x.reshape(1, -1, x.shape[-1]), path.irreps_in,
+                                 path.irreps_out, path.position_columns, reflection)
+        return {name: value[0] for name, value in terms.items()}
     lie = lie_derivative(path.g, x, path.irreps_in, path.irreps_out).pow(2).sum()
     if path.position_columns:
         lie = lie + translation_derivative(path.g, x, path.position_columns).pow(2).sum()
@@ -67,6 +78,43 @@ def path_penalties(path: RelaxationPath, x: Tensor, reflection: Tensor | None = 
         D_out = representation(path.irreps_out, reflection).to(x)
         diff = path.g(x @ D_in.T) - path.g(x) @ D_out.T
         terms["reflection"] = diff.pow(2).sum().sqrt()
+    return terms
+
+
+def linear_penalties(
+    W: Tensor,
+    X: Tensor,
+    irreps_in: IrrepsLike,
+    irreps_out: IrrepsLike,
+    position_columns: Sequence[int] = (),
+    reflection: Tensor | None = None,
+) -> dict[str, Tensor]:
+    r"""The penalty terms of a batch of ``P`` linear paths :math:`g_p(x) = W_p x` with the same
+    irreps, each on its own inputs: ``W`` is ``(P, d_out, d_in)``, ``X`` is ``(P, N, d_in)``
+    (detached); every term is ``(P,)``.
+
+    Each term is :math:`\sum_x \lVert A x\rVert^2 = \operatorname{tr}(A S A^\top)` with the
+    Gram matrix :math:`S = X^\top X` and :math:`A = W` (norm), :math:`W\,d\rho_{in}(A_k) -
+    d\rho_{out}(A_k) W` (Lie derivatives), :math:`W D_{in}(P) - D_{out}(P) W` (reflection), so
+    the cost no longer grows with the batch, and a model's layers are done in one go. The
+    translation derivative :math:`W\tau_k` is the same for every :math:`x`. The same numbers as
+    :func:`lie_derivative` and :func:`translation_derivative` give per sample.
+    """
+    S = X.mT @ X
+
+    def squares(A: Tensor) -> Tensor:  # Σ_x |A x|² per path; round-off kept from going below 0
+        S_ = S.view(S.shape[0], *([1] * (A.dim() - 3)), *S.shape[1:])
+        return ((A @ S_) * A).flatten(1).sum(1).clamp_min(0.0)
+
+    lie = squares(generator_commutator(W, irreps_in, irreps_out))
+    if position_columns:
+        tangents = translation_tangents(X, position_columns)
+        lie = lie + X.shape[1] * (tangents @ W.mT).pow(2).flatten(1).sum(1)
+    terms = {"lie": lie.sqrt(), "norm": squares(W).sqrt()}
+    if reflection is not None:
+        D_in = representation(irreps_in, reflection).to(W)
+        D_out = representation(irreps_out, reflection).to(W)
+        terms["reflection"] = squares(W @ D_in - D_out @ W).sqrt()
     return terms
 
 
@@ -161,9 +209,27 @@ class Relaxation:
         reflection = None
         if self.reflection_weight > 0:  # drawn from the step, so resumed runs repeat it
             reflection = random_reflection(self.step_index, dtype=torch.float64)
-        return {name: path_penalties(path, path.last_input, reflection)
-                for name, path in self.paths.items()
-                if path.active and path.last_input is not None}
+        active = {name: path for name, path in self.paths.items()
+                  if path.active and path.last_input is not None}
+        terms: dict[str, dict[str, Tensor]] = {}
+        batches: dict[tuple, list[str]] = {}  # linear paths of one shape: one batched call
+        for name, path in active.items():
+            if linear_weight(path.g) is None:
+                terms[name] = path_penalties(path, path.last_input, reflection)
+            else:
+                x = path.last_input
+                key = (str(path.irreps_in), str(path.irreps_out), path.position_columns,
+                       x.numel(), x.dtype, x.device)
+                batches.setdefault(key, []).append(name)
+        for names in batches.values():
+            first = active[names[0]]
+            W = torch.stack([linear_weight(active[n].g) for n in names])
+            X = torch.stack([active[n].last_input.reshape(-1, W.shape[-1]) for n in names])
+            batch = linear_penalties(W, X, first.irreps_in, first.irreps_out,
+                                     first.position_columns, reflection)
+            for i, name in enumerate(names):
+                terms[name] = {term: value[i] for term, value in batch.items()}
+        return {name: terms[name] for name in active}  # in the model's order
 
     def penalty(self) -> Tensor:
         """The weighted penalty (module docstring) on the inputs of the last forward pass;

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..symmetry.irreps import IrrepsLike, as_irreps, so3_generators
+from ..symmetry.irreps import IrrepsLike, as_irreps, irrep_generators, so3_generators
 
 
 def linear_weight(fn: Callable[[Tensor], Tensor]) -> Tensor | None:
@@ -36,6 +36,42 @@ def linear_weight(fn: Callable[[Tensor], Tensor]) -> Tensor | None:
     if isinstance(fn, nn.Linear) and fn.bias is None:
         return fn.weight
     return None
+
+
+def generator_commutator(W: Tensor, irreps_in: IrrepsLike, irreps_out: IrrepsLike) -> Tensor:
+    r""":math:`W\, d\rho_{in}(A_k) - d\rho_{out}(A_k)\, W` for the three generators: the Lie
+    derivative of the linear map :math:`x \mapsto Wx`. ``W`` is ``(*batch, d_out, d_in)``; the
+    result is ``(*batch, 3, d_out, d_in)``.
+
+    The generators are block-diagonal (one :math:`J^{(l)}_k` per copy of each irrep, see
+    :func:`~relaxgnn.symmetry.irreps.so3_generators`), so each side is applied block by block,
+    at :math:`O(d_{out} d_{in} (2l+1))` cost instead of the :math:`O(d_{out} d_{in}^2)` of dense
+    products.
+    """
+    irreps_in, irreps_out = as_irreps(irreps_in).simplify(), as_irreps(irreps_out).simplify()
+    if W.shape[-2:] != (irreps_out.dim, irreps_in.dim):
+        raise ValueError(f"W has shape {tuple(W.shape)}, expected (..., {irreps_out.dim}, "
+                         f"{irreps_in.dim}) for {irreps_in} -> {irreps_out}")
+    batch, (d_out, d_in) = W.shape[:-2], W.shape[-2:]
+    right = []  # (W dρ_in)[:, block] = W[:, block] (I_mul ⊗ J)
+    for (mul, ir), sl in zip(irreps_in, irreps_in.slices(), strict=True):
+        if ir.l == 0:
+            right.append(W.new_zeros(*batch, 3, d_out, mul))
+        else:
+            J = irrep_generators(ir.l).to(W)
+            block = W[..., sl].unflatten(-1, (mul, ir.dim))
+            right.append(torch.einsum("...omd,kde->...kome", block, J).flatten(-2))
+    left = []  # (dρ_out W)[block, :] = (I_mul ⊗ J) W[block, :]
+    for (mul, ir), sl in zip(irreps_out, irreps_out.slices(), strict=True):
+        if ir.l == 0:
+            left.append(W.new_zeros(*batch, 3, mul, d_in))
+        else:
+            J = irrep_generators(ir.l).to(W)
+            block = W[..., sl, :].unflatten(-2, (mul, ir.dim))
+            left.append(torch.einsum("kde,...mei->...kmdi", J, block).flatten(-3, -2))
+    if not right or not left:
+        return W.new_zeros(*batch, 3, d_out, d_in)
+    return torch.cat(right, -1) - torch.cat(left, -2)
 
 
 def lie_derivative(
@@ -52,17 +88,25 @@ def lie_derivative(
     if x.shape[-1] != irreps_in.dim:
         raise ValueError(f"x has {x.shape[-1]} features but irreps_in {irreps_in} has "
                          f"dimension {irreps_in.dim}")
-    G_in = so3_generators(irreps_in, x.dtype).to(x.device)
-    G_out = so3_generators(irreps_out, x.dtype).to(x.device)
     W = linear_weight(fn)
     if W is not None:
-        M = W @ G_in - G_out @ W  # (3, d_out, d_in)
-        return torch.einsum("koi,...i->k...o", M, x)
+        return torch.einsum("koi,...i->k...o", generator_commutator(W, irreps_in, irreps_out), x)
+    G_in = so3_generators(irreps_in, x.dtype).to(x.device)
+    G_out = so3_generators(irreps_out, x.dtype).to(x.device)
     derivatives = []
     for k in range(3):
         y, jv = torch.func.jvp(fn, (x,), (x @ G_in[k].T,))
         derivatives.append(jv - y @ G_out[k].T)
     return torch.stack(derivatives)
+
+
+def translation_tangents(x: Tensor, position_columns: Sequence[int]) -> Tensor:
+    """``(3, d_in)``: row ``k`` shifts every absolute-position block of an input like ``x``
+    (the 1x1o fields starting at ``position_columns``) by :math:`e_k`."""
+    tangents = x.new_zeros(3, x.shape[-1])
+    for start in position_columns:
+        tangents[:, start:start + 3] += torch.eye(3, dtype=x.dtype, device=x.device)
+    return tangents
 
 
 def translation_derivative(
@@ -77,9 +121,7 @@ def translation_derivative(
     translation invariant, so :math:`L^{T}_k g(x) = J_g(x)\, \tau_k` with :math:`\tau_k` that
     shift. Zero for an equivariant ``fn``; linear maps use the closed form :math:`W \tau_k`.
     """
-    tangents = x.new_zeros(3, x.shape[-1])
-    for start in position_columns:
-        tangents[:, start:start + 3] += torch.eye(3, dtype=x.dtype, device=x.device)
+    tangents = translation_tangents(x, position_columns)
     W = linear_weight(fn)
     if W is not None:
         return (tangents @ W.T)[(slice(None),) + (None,) * (x.dim() - 1)].expand(

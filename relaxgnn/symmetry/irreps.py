@@ -27,8 +27,9 @@ def as_irreps(irreps: IrrepsLike) -> o3.Irreps:
 
 
 @cache
-def _generators_l(l: int) -> torch.Tensor:
-    """e3nn's ``so3_generators(l)`` evaluated in float64 (3, 2l+1, 2l+1)."""
+def irrep_generators(l: int) -> torch.Tensor:
+    """e3nn's ``so3_generators(l)`` evaluated in float64, ``(3, 2l+1, 2l+1)`` (cached: do not
+    modify it in place)."""
     with default_dtype(torch.float64):
         return o3.so3_generators(l)
 
@@ -48,7 +49,7 @@ def so3_generators(irreps: IrrepsLike, dtype: torch.dtype | None = None) -> torc
 @lru_cache(maxsize=256)
 def _generators(irreps: str) -> torch.Tensor:
     """float64 generators of ``irreps``, cached (they are needed at every penalty evaluation)."""
-    blocks = [_generators_l(ir.l) for mul, ir in o3.Irreps(irreps) for _ in range(mul)]
+    blocks = [irrep_generators(ir.l) for mul, ir in o3.Irreps(irreps) for _ in range(mul)]
     if not blocks:
         return torch.zeros(3, 0, 0, dtype=torch.float64)
     return torch.stack([torch.block_diag(*(b[k] for b in blocks)) for k in range(3)])
