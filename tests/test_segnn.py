@@ -15,6 +15,7 @@ from torch_geometric.data import Batch, Data
 
 from relaxgnn.data.attributes import SEGNNAttributes, segnn_attributes
 from relaxgnn.data.graphs import FullyConnected, fully_connected_edges
+from relaxgnn.dtype import default_dtype
 from relaxgnn.models.segnn import SEGNN, centre_per_graph
 from relaxgnn.nn.o3_blocks import (
     O3TensorProduct,
@@ -90,6 +91,53 @@ def test_tensor_product_bias_only_on_even_scalars():
     assert linear.bias is None and linear(torch.randn(3, 5)).shape == (3, 3)
     with pytest.raises(ValueError, match="second input"):
         tp(torch.randn(2, 5))
+
+
+@pytest.mark.parametrize("irreps", [
+    ("32x0e+32x1o", "1x0e+1x1o", "64x0e+32x1o"),  # SEGNN's gated hidden layer
+    ("3x0e+2x1o+1x2e+2x1e", SH(2), "2x0e+3x1o+1x2e+1x1e+2x0o+1x0e"),  # general paths, odd order
+    ("2x0e+1x1o", "2x0e+1x1o+2x1e", "3x0e+1x0o+2x1o+1x1e"),  # second input with multiplicities
+    ("2x1o", "1x0e", "1x2e+1x1o+1x0e"),  # outputs no path reaches
+    ("2x0e+1x1o+1x2e", None, "1x0e+2x1o+1x2e"),  # constant second input
+])
+def test_fused_tensor_product_equals_e3nn(irreps):
+    """Output and gradients equal e3nn's FullyConnectedTensorProduct (same weight vector) plus
+    the scalar bias, in float64."""
+    in1, in2, out = irreps
+    with default_dtype(torch.float64):
+        ref = o3.FullyConnectedTensorProduct(in1, in2 or "1x0e", out)
+        tp = O3TensorProduct(in1, in2, out)
+    assert tp.weight.shape == ref.weight.shape
+    with torch.no_grad():
+        tp.weight.copy_(ref.weight)
+        if tp.bias is not None:
+            tp.bias.normal_()
+    x1 = o3.Irreps(in1).randn(6, -1, dtype=torch.float64).requires_grad_()
+    x2 = None if in2 is None else o3.Irreps(in2).randn(6, -1, dtype=torch.float64)
+    bias = torch.zeros(o3.Irreps(out).dim, dtype=torch.float64)
+    if tp.bias is not None:
+        scalars = [i for (mul, ir), sl in zip(o3.Irreps(out), o3.Irreps(out).slices())
+                   if ir == o3.Irrep("0e") for i in range(sl.start, sl.stop)]
+        bias[scalars] = tp.bias.detach()
+    expected = ref(x1, torch.ones(6, 1, dtype=torch.float64) if x2 is None else x2) + bias
+    got = tp(x1, x2)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    cotangent = torch.randn_like(got)
+    g_ref = torch.autograd.grad(expected, [x1, ref.weight], cotangent)
+    g_tp = torch.autograd.grad(got, [x1, tp.weight], cotangent)
+    for a, b in zip(g_tp, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_gate_equals_e3nn_gate():
+    """The fused gate equals e3nn's Gate (normalised SiLU and sigmoid) on the product."""
+    from e3nn.nn import Gate
+
+    with default_dtype(torch.float64):
+        layer = O3TensorProductGate("2x0e+1x1o", SH(2), "2x0e+2x1o+1x2e")
+        gate = Gate("2x0e", [torch.nn.functional.silu], "3x0e", [torch.sigmoid], "2x1o+1x2e")
+    x1, x2 = torch.randn(5, 5, dtype=torch.float64), SH(2).randn(5, -1, dtype=torch.float64)
+    torch.testing.assert_close(layer(x1, x2), gate(layer.tp(x1, x2)), rtol=1e-12, atol=1e-12)
 
 
 def test_gate_irreps():
