@@ -81,7 +81,10 @@ class UnfusedTensorProduct(nn.Module):
             self.gate = Gate(scalars, [nn.functional.silu] if scalars else [], gates,
                              [torch.sigmoid] if gates else [], gated)
 
-    def forward(self, x1, x2=None):
+    def forward(self, x1, x2=None, index=None):
+        if not isinstance(x1, torch.Tensor):  # parts gathered per edge, as SEGNNConv passes them
+            index = index or [None] * len(x1)
+            x1 = torch.cat([p if i is None else p[i] for p, i in zip(x1, index, strict=True)], -1)
         if self.constant_in2:
             x2 = x1.new_ones(x1.shape[0], 1)
         out = self.tp(x1, x2)

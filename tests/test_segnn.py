@@ -116,7 +116,8 @@ def test_fused_tensor_product_equals_e3nn(irreps):
     x2 = None if in2 is None else o3.Irreps(in2).randn(6, -1, dtype=torch.float64)
     bias = torch.zeros(o3.Irreps(out).dim, dtype=torch.float64)
     if tp.bias is not None:
-        scalars = [i for (mul, ir), sl in zip(o3.Irreps(out), o3.Irreps(out).slices())
+        irreps_out = o3.Irreps(out)
+        scalars = [i for (_, ir), sl in zip(irreps_out, irreps_out.slices(), strict=True)
                    if ir == o3.Irrep("0e") for i in range(sl.start, sl.stop)]
         bias[scalars] = tp.bias.detach()
     expected = ref(x1, torch.ones(6, 1, dtype=torch.float64) if x2 is None else x2) + bias
@@ -125,8 +126,26 @@ def test_fused_tensor_product_equals_e3nn(irreps):
     cotangent = torch.randn_like(got)
     g_ref = torch.autograd.grad(expected, [x1, ref.weight], cotangent)
     g_tp = torch.autograd.grad(got, [x1, tp.weight], cotangent)
-    for a, b in zip(g_tp, g_ref):
+    for a, b in zip(g_tp, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_tensor_product_on_gathered_parts():
+    """Input given in parts gathered by row indices (weights applied before the gather) equals
+    the layer on the concatenated gathered input; parts must hold whole irrep blocks."""
+    with default_dtype(torch.float64):
+        layer = O3TensorProductGate("3x0e+2x1o+1x2e+3x0e+2x1o+1x2e+1x0e", SH(2), "4x0e+2x1o+1x2e")
+    h = torch.randn(5, 14, dtype=torch.float64)
+    e = torch.randn(9, 1, dtype=torch.float64)
+    a = SH(2).randn(9, -1, dtype=torch.float64)
+    src, dst = torch.randint(0, 5, (2, 9))
+    expected = layer(torch.cat([h[dst], h[src], e], -1), a)
+    torch.testing.assert_close(layer([h, h, e], a, [dst, src, None]), expected,
+                               rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="irrep block"):
+        layer.tp.blocks([h[:, :4], h[:, 4:], h, e], a[:5], [None, None, None, None])
+    with pytest.raises(ValueError, match="needs 29"):
+        layer.tp.blocks([h, h], a, [dst, src])
 
 
 def test_gate_equals_e3nn_gate():

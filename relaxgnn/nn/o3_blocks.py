@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import torch
 from e3nn import o3
@@ -119,9 +120,15 @@ class O3TensorProductGate(nn.Module):
     def reset_parameters(self) -> None:
         self.tp.reset_parameters()
 
-    def forward(self, x1: Tensor, x2: Tensor | None = None) -> Tensor:
-        """``(N, irreps_in1.dim), (N, irreps_in2.dim) -> (N, irreps_out.dim)``."""
-        blocks = self.tp.blocks(x1, x2)
+    def forward(
+        self,
+        x1: Tensor | Sequence[Tensor],
+        x2: Tensor | None = None,
+        index: Sequence[Tensor | None] | None = None,
+    ) -> Tensor:
+        """``(N, irreps_in1.dim), (N, irreps_in2.dim) -> (N, irreps_out.dim)``; ``x1`` in parts
+        gathered by ``index`` as in :meth:`O3TensorProduct.blocks`."""
+        blocks = self.tp.blocks(x1, x2, index)
         scalars_and_gates, gated = (blocks[0], blocks[1:]) if self.tp.num_scalars \
             else (None, blocks)
         out = []
@@ -133,7 +140,7 @@ class O3TensorProductGate(nn.Module):
             gates = torch.sigmoid(gates) * self.sigmoid_scale
             for v, g in zip(gated, gates.split(self.gated_muls, -1), strict=True):
                 out.append(v * g)
-        return join_blocks(out, x1)
+        return join_blocks(out)
 
     def __repr__(self) -> str:
         in2 = "1" if self.tp.constant_in2 else self.tp.irreps_in2

@@ -4,23 +4,30 @@ connected tensor product.
 It computes exactly what ``o3.FullyConnectedTensorProduct(irreps_in1, irreps_in2, irreps_out)``
 computes (``"component"`` irrep normalisation, ``"element"`` path normalisation, the same flat
 weight vector in the same order), but with a handful of large operations instead of a few small
-ones per path. For the output irrep :math:`\ell` the paths :math:`p = (a, b)` with
-:math:`\ell \in \ell_a \otimes \ell_b` are stacked,
+ones per path. For the output irrep :math:`\ell` and a path :math:`p = (a, b)` with
+:math:`\ell \in \ell_a \otimes \ell_b`,
 
 .. math::
-    Z^{(\ell)}_{n,k,(p,u,v)} = \sum_{i,j} C^{\ell_a \ell_b \ell}_{ijk}\, x^{(a)}_{n,u,i}\,
-        x^{(b)}_{n,v,j},
-    \qquad
-    y^{(\ell)}_{n,k,w} = \sum_{(p,u,v)} Z^{(\ell)}_{n,k,(p,u,v)}\, \alpha_{p}\, W^{(p)}_{u,v,w}
+    y^{(\ell)}_{n,k,w} = \sum_p \alpha_p \sum_{u,v} W^{(p)}_{u,v,w}
+        \sum_{i,j} C^{\ell_a \ell_b \ell}_{ijk}\, x^{(a)}_{n,u,i}\, x^{(b)}_{n,v,j}
         \;(+\, b_w \text{ for } \ell = 0e),
 
-so each output irrep type costs one matrix product (an ``addmm`` with the bias for ``0e``).
-:math:`C` are e3nn's Wigner-3j symbols; the paths that are a plain product (:math:`\ell_a = 0`
-or :math:`\ell_b = 0`, where :math:`C = \delta/\sqrt{2\ell+1}`) or a dot product
-(:math:`\ell = 0`, :math:`C = \delta/\sqrt{2\ell_a+1}`) skip the contraction, and their constant
-goes into :math:`\alpha_p = \sqrt{(2\ell+1)/\sum_{p'\to w} m_{a'} m_{b'}}\cdot c_p`. In the
-profile of the e3nn version, most of a SEGNN training step went to per-path slicing, its
-zero-filled backward and small ``mul``/``mm`` calls; this version halves the step time.
+with e3nn's Wigner-3j symbols :math:`C` and :math:`\alpha_p = \sqrt{(2\ell+1)/\sum_{p'\to w}
+m_{a'} m_{b'}}`. Two orders of evaluation are used:
+
+* *weights first* for the paths that are a plain product (:math:`\ell_a = 0` or
+  :math:`\ell_b = 0`, where :math:`C = \delta/\sqrt{2\ell+1}`) with :math:`m_b = 1`:
+  :math:`y \mathrel{+}= \big(\sum_a x^{(a)} W^{(ab)}\big) \otimes x^{(b)}`, one matrix product
+  per input part and attribute block. The product happens before any gather, so a message
+  layer on :math:`[h_i \Vert h_j \Vert e_{ij}]` multiplies per node, not per edge
+  (:meth:`O3TensorProduct.blocks` takes the input in gathered parts);
+* *contraction first* for the others (dot products, :math:`\ell = 0` from
+  :math:`\ell_a = \ell_b`, where :math:`C = \delta/\sqrt{2\ell_a+1}`, and general paths): their
+  contractions are stacked along one axis and multiplied by the stacked weights at once.
+
+The constants :math:`c` of the shortcuts go into the weights' fixed scale. Against e3nn's
+modules (one set of small ops per path, per-path slicing with a zero-filled backward), the
+SEGNN N-body training step is about 1.9× faster (``benchmarks/relaxation_overhead.py``).
 
 Internally a block of :math:`m` copies of an irrep of dimension :math:`d` is held as
 ``(N, d, m)`` (component-major), so that gates broadcast over the last axis; inputs and outputs
@@ -30,6 +37,8 @@ use e3nn's ``(N, m·d)`` multiplicity-major layout.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from e3nn import o3
@@ -84,6 +93,8 @@ class O3TensorProduct(nn.Module):
         self.constant_in2 = irreps_in2 is None
         self.irreps_in2 = in2 = as_irreps("1x0e" if irreps_in2 is None else irreps_in2)
         self.irreps_out = out = as_irreps(irreps_out)
+        if out.dim == 0:
+            raise ValueError(f"{self.__class__.__name__} needs a non-empty irreps_out")
 
         # e3nn's FullyConnectedTensorProduct: every path (a, b, o), in this order, owns a
         # (m_a, m_b, m_o) block of the flat weight vector.
@@ -96,29 +107,31 @@ class O3TensorProduct(nn.Module):
         self.weight_numel = start
         self.weight = nn.Parameter(torch.randn(start))
 
-        # One group per distinct output irrep: its paths' contractions are stacked into Z and
-        # multiplied by one weight matrix whose column blocks are the outputs of that irrep.
-        self._groups: list[tuple[o3.Irrep, list[tuple[int, int, str]], list[int]]] = []
+        # One group per distinct output irrep; its weight matrix has a row block per path (a, b)
+        # and a column block per output of that irrep.
+        self._groups: list[_Group] = []
         index, scale, self._w3j = [], [], set()
         for ir in dict.fromkeys(ir for _, ir in out):
             outputs = [o for o, (_, ir_o) in enumerate(out) if ir_o == ir]
             pairs = [(a, b) for a, b, o in paths if o == outputs[0]]
             alpha = math.sqrt(ir.dim / max(1, sum(in1[a].mul * in2[b].mul for a, b in pairs)))
-            contractions = []
+            group = _Group(ir, outputs, sum(out[o].mul for o in outputs))
             for a, b in pairs:
                 kind, c = _shortcut(in1[a].ir.l, in2[b].ir.l, ir.l)
                 if kind == "general":
                     self._w3j.add((in1[a].ir.l, in2[b].ir.l, ir.l))
-                contractions.append((a, b, kind))
                 m_ab = in1[a].mul * in2[b].mul
-                row = [offsets[a, b, o] + torch.arange(m_ab * out[o].mul).view(m_ab, -1)
-                       for o in outputs]
-                index.append(torch.cat(row, 1).flatten())
+                rows = (group.rows, group.rows + m_ab)
+                group.rows += m_ab
+                if kind == "outer" and in2[b].mul == 1:  # weights first, then the product
+                    group.outer.setdefault(b, []).append((a, rows))
+                else:
+                    group.contract.append((a, b, kind, rows))
+                block = [offsets[a, b, o] + torch.arange(m_ab * out[o].mul).view(m_ab, -1)
+                         for o in outputs]
+                index.append(torch.cat(block, 1).flatten())
                 scale.append(torch.full((index[-1].numel(),), c * alpha, dtype=torch.float64))
-            self._groups.append((ir, contractions, outputs))
-        self._rows = [sum(in1[a].mul * in2[b].mul for a, b, _ in contractions)
-                      for _, contractions, _ in self._groups]
-        self._cols = [sum(out[o].mul for o in outputs) for _, _, outputs in self._groups]
+            self._groups.append(group)
         self.register_buffer("weight_index", torch.cat([torch.zeros(0, dtype=torch.long), *index]),
                              persistent=False)
         self._scale64 = torch.cat([torch.zeros(0, dtype=torch.float64), *scale])
@@ -147,72 +160,140 @@ class O3TensorProduct(nn.Module):
         refresh_wigner_3j(self)
         return self
 
-    @staticmethod
-    def _split(x: Tensor, irreps: o3.Irreps) -> list[Tensor]:
-        """``(N, irreps.dim)`` -> one ``(N, d, m)`` view per irrep block."""
-        parts = x.split([mul * ir.dim for mul, ir in irreps], -1)  # one backward op, no zeros
-        return [part.unflatten(-1, (mul, ir.dim)).transpose(1, 2)
-                for (mul, ir), part in zip(irreps, parts, strict=True)]
+    def _split_input(self, parts: Sequence[Tensor]) -> list[tuple[int, Tensor]]:
+        """``(part, (N_part, d, m) view)`` for every irrep block of ``irreps_in1``; each part
+        must hold whole blocks, in order."""
+        blocks, a = [], 0
+        for t, part in enumerate(parts):
+            sizes, width = [], 0
+            while width < part.shape[-1] and a < len(self.irreps_in1):
+                sizes.append(self.irreps_in1[a].dim)
+                width += sizes[-1]
+                a += 1
+            if width != part.shape[-1]:
+                raise ValueError(f"input part {t} has {part.shape[-1]} features, which do not end "
+                                 f"on an irrep block of {self.irreps_in1}")
+            for view, (mul, ir) in zip(part.split(sizes, -1), self.irreps_in1[a - len(sizes):a],
+                                       strict=True):
+                blocks.append((t, view.unflatten(-1, (mul, ir.dim)).transpose(1, 2)))
+        if a != len(self.irreps_in1) or sum(p.shape[-1] for p in parts) != self.irreps_in1.dim:
+            raise ValueError(f"the input parts have {sum(p.shape[-1] for p in parts)} features, "
+                             f"{self.irreps_in1} needs {self.irreps_in1.dim}")
+        return blocks
 
-    def blocks(self, x1: Tensor, x2: Tensor | None = None) -> list[Tensor]:
-        """The output as one ``(N, d, m)`` tensor per irrep block of ``irreps_out``."""
+    def blocks(
+        self,
+        x1: Tensor | Sequence[Tensor],
+        x2: Tensor | None = None,
+        index: Sequence[Tensor | None] | None = None,
+    ) -> list[Tensor]:
+        """The output as one ``(N, d, m)`` tensor per irrep block of ``irreps_out``.
+
+        ``x1`` may be given in parts whose concatenation is the input, each gathered by its own
+        row ``index`` (``None``: used as it is): ``blocks([h, h, e], a, [dst, src, None])`` is
+        ``blocks(cat([h[dst], h[src], e], -1), a)``, but the weights are applied to ``h``
+        before the gather, so a message layer multiplies per node rather than per edge.
+        """
         if x2 is None and not self.constant_in2:
             raise ValueError(f"{self.__class__.__name__} needs its second input "
                              f"({self.irreps_in2})")
-        N = x1.shape[0]
-        b1 = self._split(x1, self.irreps_in1)
-        b2 = None if self.constant_in2 else self._split(x2, self.irreps_in2)
+        parts = [x1] if isinstance(x1, Tensor) else list(x1)
+        index = [None] * len(parts) if index is None else list(index)
+        if len(index) != len(parts):
+            raise ValueError(f"{len(parts)} input parts but {len(index)} indices")
+        b1 = self._split_input(parts)
+        b2 = None if self.constant_in2 else _split(x2, self.irreps_in2)
+        N = next((i.shape[0] for i in index if i is not None), parts[0].shape[0])
+
+        def gathered(a: int) -> Tensor:
+            t, block = b1[a]
+            return block if index[t] is None else block.index_select(0, index[t])
+
         weights = (self.weight[self.weight_index] * self.weight_scale).split(
-            [r * c for r, c in zip(self._rows, self._cols, strict=True)])
+            [g.rows * g.cols for g in self._groups])
         out: list[Tensor | None] = [None] * len(self.irreps_out)
-        for (ir, contractions, outputs), w, rows, cols in zip(
-                self._groups, weights, self._rows, self._cols, strict=True):
-            if rows == 0:  # no path reaches this irrep: e3nn outputs zeros
-                y = x1.new_zeros(N, ir.dim, cols)
-                if ir == SCALAR and self.bias is not None:
-                    y = y + self.bias
-            else:
-                z = torch.cat([self._contract(b1[a], None if b2 is None else b2[b], kind, ir.l)
-                               for a, b, kind in contractions], -1)
-                w = w.view(rows, cols)
-                if ir == SCALAR and self.bias is not None:
-                    y = torch.addmm(self.bias, z.squeeze(1), w).unsqueeze(1)
-                else:
-                    y = z @ w
-            parts = y.split([self.irreps_out[o].mul for o in outputs], -1)
-            for o, part in zip(outputs, parts, strict=True):
+        for group, w in zip(self._groups, weights, strict=True):
+            w = w.view(group.rows, group.cols)
+            terms = []
+            for b, entries in group.outer.items():  # Σ_a (x_a W_ab) ⊗ x2_b, weights first
+                acc = None
+                for t in dict.fromkeys(b1[a][0] for a, _ in entries):
+                    mine = [(a, rows) for a, rows in entries if b1[a][0] == t]
+                    u = _cat([b1[a][1] for a, _ in mine], -1) @ _cat(
+                        [w[r0:r1] for _, (r0, r1) in mine], 0)
+                    u = u if index[t] is None else u.index_select(0, index[t])
+                    acc = u if acc is None else acc + u
+                terms.append(acc if b2 is None else acc * b2[b])
+            if group.contract:  # contractions first, then one product with the weights
+                z = _cat([_contract(gathered(a), b2[b], kind, getattr(
+                    self, f"_w3j_{self.irreps_in1[a].ir.l}_{self.irreps_in2[b].ir.l}_"
+                          f"{group.ir.l}", None)) for a, b, kind, _ in group.contract], -1)
+                terms.append(z @ _cat([w[r0:r1] for *_, (r0, r1) in group.contract], 0))
+            y = sum(terms[1:], terms[0]) if terms else parts[0].new_zeros(N, group.ir.dim,
+                                                                          group.cols)
+            if group.ir == SCALAR and self.bias is not None:
+                y = y + self.bias
+            for o, part in zip(group.outputs, y.split(
+                    [self.irreps_out[o].mul for o in group.outputs], -1), strict=True):
                 out[o] = part
         return out
 
-    def _contract(self, x1: Tensor, x2: Tensor | None, kind: str, l_out: int) -> Tensor:
-        """``(N, d_1, m_1), (N, d_2, m_2) -> (N, d_out, m_1 m_2)`` (without the shortcut's
-        constant, which is in ``weight_scale``)."""
-        if x2 is None:  # constant 1x0e second input
-            return x1
-        if kind == "outer":
-            z = x1.unsqueeze(-1) * x2.unsqueeze(-2)
-        elif kind == "dot" and x2.shape[2] == 1:
-            return (x1 * x2).sum(1, keepdim=True)  # a batched matmul with m_2 = 1 is slower
-        elif kind == "dot":
-            z = (x1.transpose(1, 2) @ x2).unsqueeze(1)
-        else:
-            w3j = getattr(self, f"_w3j_{x1.shape[1] // 2}_{x2.shape[1] // 2}_{l_out}")
-            z = torch.einsum("niu,njv,ijk->nkuv", x1, x2, w3j)
-        return z.flatten(2)
-
-    def forward(self, x1: Tensor, x2: Tensor | None = None) -> Tensor:
-        """``(N, irreps_in1.dim), (N, irreps_in2.dim) -> (N, irreps_out.dim)``."""
-        return join_blocks(self.blocks(x1, x2), x1)
+    def forward(
+        self,
+        x1: Tensor | Sequence[Tensor],
+        x2: Tensor | None = None,
+        index: Sequence[Tensor | None] | None = None,
+    ) -> Tensor:
+        """``(N, irreps_in1.dim), (N, irreps_in2.dim) -> (N, irreps_out.dim)``; ``x1`` may come
+        in parts gathered by ``index`` (see :meth:`blocks`)."""
+        return join_blocks(self.blocks(x1, x2, index))
 
     def __repr__(self) -> str:
         in2 = "1" if self.constant_in2 else self.irreps_in2
         return f"{self.__class__.__name__}({self.irreps_in1} ⊗ {in2} -> {self.irreps_out})"
 
 
-def join_blocks(blocks: list[Tensor], like: Tensor) -> Tensor:
-    """``(N, d, m)`` blocks -> the e3nn layout ``(N, Σ m·d)`` (multiplicity-major); ``like``
-    gives ``N``, dtype and device when there are no blocks."""
-    if not blocks:
-        return like.new_zeros(like.shape[0], 0)
+@dataclass
+class _Group:
+    """The paths into one output irrep: ``outer`` by attribute block ``b``, ``[(a, rows)]``
+    (applied weights first); ``contract``: ``[(a, b, kind, rows)]`` (contracted first)."""
+
+    ir: o3.Irrep
+    outputs: list[int]
+    cols: int
+    rows: int = 0
+    outer: dict[int, list[tuple[int, tuple[int, int]]]] = field(default_factory=dict)
+    contract: list[tuple[int, int, str, tuple[int, int]]] = field(default_factory=list)
+
+
+def _split(x: Tensor, irreps: o3.Irreps) -> list[Tensor]:
+    """``(N, irreps.dim)`` -> one ``(N, d, m)`` view per irrep block."""
+    parts = x.split([mul * ir.dim for mul, ir in irreps], -1)  # one backward op, no zeros
+    return [part.unflatten(-1, (mul, ir.dim)).transpose(1, 2)
+            for (mul, ir), part in zip(irreps, parts, strict=True)]
+
+
+def _cat(tensors: list[Tensor], dim: int) -> Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim)
+
+
+def _contract(x1: Tensor, x2: Tensor | None, kind: str, w3j: Tensor | None) -> Tensor:
+    """``(N, d_1, m_1), (N, d_2, m_2) -> (N, d_out, m_1 m_2)`` (without the shortcut's constant,
+    which is in the weights' scale)."""
+    if x2 is None:  # constant 1x0e second input
+        return x1
+    if kind == "outer":
+        z = x1.unsqueeze(-1) * x2.unsqueeze(-2)
+    elif kind == "dot" and x2.shape[2] == 1:
+        return (x1 * x2).sum(1, keepdim=True)  # a batched matmul with m_2 = 1 is slower
+    elif kind == "dot":
+        z = (x1.transpose(1, 2) @ x2).unsqueeze(1)
+    else:
+        z = torch.einsum("niu,njv,ijk->nkuv", x1, x2, w3j)
+    return z.flatten(2)
+
+
+def join_blocks(blocks: list[Tensor]) -> Tensor:
+    """``(N, d, m)`` blocks -> the e3nn layout ``(N, Σ m·d)`` (multiplicity-major)."""
     flat = [b.transpose(1, 2).flatten(1) for b in blocks]
     return flat[0] if len(flat) == 1 else torch.cat(flat, -1)

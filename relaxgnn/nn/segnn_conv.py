@@ -38,6 +38,11 @@ class SEGNNConv(MessagePassing):
     per-node normalisation or centring of the features: statistics taken over all components
     of a node's feature vector mix the irreps and break equivariance.
 
+    The first message layer applies its weights to :math:`h` per node before gathering to the
+    edges: the same numbers as on the gathered :math:`[h_i \Vert h_j \Vert e_{ij}]`, with those
+    matrix products on the nodes' rows instead of the edges' (see
+    :mod:`relaxgnn.nn.o3_tensor_product`). Messages are aggregated by PyG's ``aggr``.
+
     With ``relax`` set, the update gets a relaxation path (:mod:`relaxgnn.relax`, target
     ``"update"``) that sees :math:`u_i = [h_i \Vert a_i \Vert x_i]` as plain numbers
     (:math:`x_i` only if the config's ``positions``): :math:`h_i' \mathrel{+}= \theta\,
@@ -133,8 +138,11 @@ class SEGNNConv(MessagePassing):
                                        what="edges")
         else:
             edge_feat = None
-        m = self.propagate(edge_index, x=x, edge_attr=edge_attr, edge_feat=edge_feat,
-                           size=(N, N))
+        src, dst = edge_index
+        parts = [x, x] if edge_feat is None else [x, x, edge_feat]
+        index = [dst, src, None]  # [h_i ‖ h_j ‖ e_ij], weights applied per node before the gather
+        m = self.message_layer_1(parts, edge_attr, index[:len(parts)])
+        m = self.aggregate(self.message_layer_2(m, edge_attr), dst, dim_size=N)
         h = self.update_layer_1(torch.cat([x, m], -1), node_attr)
         h = self.update_layer_2(h, node_attr)
         if self.residual:
@@ -147,12 +155,6 @@ class SEGNNConv(MessagePassing):
                 parts.append(check_positions(pos))
             h = h + self.relax_update(torch.cat(parts, -1))
         return h
-
-    def message(self, x_i: Tensor, x_j: Tensor, edge_attr: Tensor,
-                edge_feat: Tensor | None) -> Tensor:
-        parts = [x_i, x_j] if edge_feat is None else [x_i, x_j, edge_feat]
-        m = self.message_layer_1(torch.cat(parts, -1), edge_attr)
-        return self.message_layer_2(m, edge_attr)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.irreps_in} -> {self.irreps_out}, "
