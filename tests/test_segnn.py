@@ -146,6 +146,10 @@ def test_tensor_product_on_gathered_parts():
         layer.tp.blocks([h[:, :4], h[:, 4:], h, e], a[:5], [None, None, None, None])
     with pytest.raises(ValueError, match="needs 29"):
         layer.tp.blocks([h, h], a, [dst, src])
+    with pytest.raises(ValueError, match=r"second input of shape \(9, 3\)"):
+        layer([h, h, e], a[:, :3], [dst, src, None])
+    with pytest.raises(ValueError, match="different numbers of rows"):
+        layer([h, h, e], a[:4], [dst, src, None])
 
 
 def test_gate_equals_e3nn_gate():

@@ -118,15 +118,17 @@ class O3TensorProduct(nn.Module):
             group = _Group(ir, outputs, sum(out[o].mul for o in outputs))
             for a, b in pairs:
                 kind, c = _shortcut(in1[a].ir.l, in2[b].ir.l, ir.l)
+                w3j = None
                 if kind == "general":
                     self._w3j.add((in1[a].ir.l, in2[b].ir.l, ir.l))
+                    w3j = f"_w3j_{in1[a].ir.l}_{in2[b].ir.l}_{ir.l}"
                 m_ab = in1[a].mul * in2[b].mul
                 rows = (group.rows, group.rows + m_ab)
                 group.rows += m_ab
                 if kind == "outer" and in2[b].mul == 1:  # weights first, then the product
                     group.outer.setdefault(b, []).append((a, rows))
                 else:
-                    group.contract.append((a, b, kind, rows))
+                    group.contract.append((a, b, kind, w3j, rows))
                 block = [offsets[a, b, o] + torch.arange(m_ab * out[o].mul).view(m_ab, -1)
                          for o in outputs]
                 index.append(torch.cat(block, 1).flatten())
@@ -202,8 +204,17 @@ class O3TensorProduct(nn.Module):
         if len(index) != len(parts):
             raise ValueError(f"{len(parts)} input parts but {len(index)} indices")
         b1 = self._split_input(parts)
+        rows = [len(i) if i is not None else p.shape[0] for p, i in zip(parts, index, strict=True)]
+        N = rows[0]
+        if x2 is not None and not self.constant_in2:
+            if x2.dim() != 2 or x2.shape[-1] != self.irreps_in2.dim:
+                raise ValueError(f"second input of shape {tuple(x2.shape)}, expected "
+                                 f"(N, {self.irreps_in2.dim}) for {self.irreps_in2}")
+            rows.append(x2.shape[0])
+        if len(set(rows)) > 1:
+            raise ValueError(f"the inputs have different numbers of rows (after gathering): "
+                             f"{rows}")
         b2 = None if self.constant_in2 else _split(x2, self.irreps_in2)
-        N = next((i.shape[0] for i in index if i is not None), parts[0].shape[0])
 
         def gathered(a: int) -> Tensor:
             t, block = b1[a]
@@ -225,9 +236,8 @@ class O3TensorProduct(nn.Module):
                     acc = u if acc is None else acc + u
                 terms.append(acc if b2 is None else acc * b2[b])
             if group.contract:  # contractions first, then one product with the weights
-                z = _cat([_contract(gathered(a), b2[b], kind, getattr(
-                    self, f"_w3j_{self.irreps_in1[a].ir.l}_{self.irreps_in2[b].ir.l}_"
-                          f"{group.ir.l}", None)) for a, b, kind, _ in group.contract], -1)
+                z = _cat([_contract(gathered(a), b2[b], kind, w3j and getattr(self, w3j))
+                          for a, b, kind, w3j, _ in group.contract], -1)
                 terms.append(z @ _cat([w[r0:r1] for *_, (r0, r1) in group.contract], 0))
             y = sum(terms[1:], terms[0]) if terms else parts[0].new_zeros(N, group.ir.dim,
                                                                           group.cols)
@@ -256,14 +266,16 @@ class O3TensorProduct(nn.Module):
 @dataclass
 class _Group:
     """The paths into one output irrep: ``outer`` by attribute block ``b``, ``[(a, rows)]``
-    (applied weights first); ``contract``: ``[(a, b, kind, rows)]`` (contracted first)."""
+    (applied weights first); ``contract``: ``[(a, b, kind, Wigner-3j buffer name, rows)]``
+    (contracted first)."""
 
     ir: o3.Irrep
     outputs: list[int]
     cols: int
     rows: int = 0
     outer: dict[int, list[tuple[int, tuple[int, int]]]] = field(default_factory=dict)
-    contract: list[tuple[int, int, str, tuple[int, int]]] = field(default_factory=list)
+    contract: list[tuple[int, int, str, str | None, tuple[int, int]]] = field(
+        default_factory=list)
 
 
 def _split(x: Tensor, irreps: o3.Irreps) -> list[Tensor]:
