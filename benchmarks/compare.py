@@ -14,11 +14,13 @@ import argparse
 import csv
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from unittest import mock
 
 import torch
 from machine import cpu_name
@@ -53,8 +55,10 @@ def run_arm(exp: Experiment, relaxed: bool, seed: int, args: argparse.Namespace)
         f"--trainer.check_val_every_n_epoch={args.val_every}",
         f"--data.shuffle_seed={seed}", f"--model.seed={seed}", *exp.overrides(args, seed),
     ]
-    cli = RelaxGNNCLI(RelaxGNNModule, GraphDataModule, args=overrides, run=False,
-                      trainer_defaults=trainer_defaults(), save_config_kwargs={"overwrite": True})
+    with mock.patch.object(sys, "argv", sys.argv[:1]):  # the CLI reads `overrides`, not ours
+        cli = RelaxGNNCLI(RelaxGNNModule, GraphDataModule, args=overrides, run=False,
+                          trainer_defaults=trainer_defaults(),
+                          save_config_kwargs={"overwrite": True})
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
     seconds = time.perf_counter() - start
