@@ -274,3 +274,16 @@ def test_batched_layer_penalties_equal_the_per_path_ones():
         alone = path_penalties(path, path.last_input, reflection)
         for term in ("lie", "norm", "reflection"):
             torch.testing.assert_close(batched[name][term], alone[term], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_zero_initialised_paths_have_finite_gradients(kind):
+    """init_std = 0 makes every path exactly zero: √(Σ‖g‖²) is then at its kink, and its
+    gradient must be 0, not NaN (which would poison the whole model at the first step)."""
+    model = build("EGNN", {"kind": kind, "init_std": 0.0})
+    relax = Relaxation(model, Constant(1.0, 10), reflection_weight=0.1)
+    loss = model(data()).pow(2).mean() + relax.penalty()
+    loss.backward()
+    assert relax.penalty() == 0
+    for name, p in model.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), name

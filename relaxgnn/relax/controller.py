@@ -72,13 +72,20 @@ def path_penalties(path: RelaxationPath, x: Tensor, reflection: Tensor | None = 
     lie = lie_derivative(path.g, x, path.irreps_in, path.irreps_out).pow(2).sum()
     if path.position_columns:
         lie = lie + translation_derivative(path.g, x, path.position_columns).pow(2).sum()
-    terms = {"lie": lie.sqrt(), "norm": path.g(x).pow(2).sum().sqrt()}
+    terms = {"lie": _root(lie), "norm": _root(path.g(x).pow(2).sum())}
     if reflection is not None:
         D_in = representation(path.irreps_in, reflection).to(x)
         D_out = representation(path.irreps_out, reflection).to(x)
         diff = path.g(x @ D_in.T) - path.g(x) @ D_out.T
-        terms["reflection"] = diff.pow(2).sum().sqrt()
+        terms["reflection"] = _root(diff.pow(2).sum())
     return terms
+
+
+def _root(squares: Tensor) -> Tensor:
+    r""":math:`\sqrt{s}` with gradient 0 rather than NaN where :math:`s = 0` (a path that is
+    exactly zero, e.g. zero-initialised, or an exactly equivariant one)."""
+    positive = squares > 0
+    return torch.where(positive, torch.where(positive, squares, 1.0).sqrt(), 0.0)
 
 
 def linear_penalties(
@@ -110,11 +117,11 @@ def linear_penalties(
     if position_columns:
         tangents = translation_tangents(X, position_columns)
         lie = lie + X.shape[1] * (tangents @ W.mT).pow(2).flatten(1).sum(1)
-    terms = {"lie": lie.sqrt(), "norm": squares(W).sqrt()}
+    terms = {"lie": _root(lie), "norm": _root(squares(W))}
     if reflection is not None:
         D_in = representation(irreps_in, reflection).to(W)
         D_out = representation(irreps_out, reflection).to(W)
-        terms["reflection"] = squares(W @ D_in - D_out @ W).sqrt()
+        terms["reflection"] = _root(squares(W @ D_in - D_out @ W))
     return terms
 
 
