@@ -4,8 +4,10 @@ e3nn computes the Wigner-3j (Clebsch–Gordan) coefficients of its tensor produc
 *default* dtype when a module is built and stores them as persistent buffers. So a model built
 in float32 and cast with ``.double()``, or a float64 model that loads a float32 checkpoint,
 would carry float32-rounded coefficients and be equivariant only to ~1e-9 instead of ~1e-15.
-Modules that own tensor products inherit :class:`ExactWigner3j`, which recomputes those buffers
-in their own dtype after every cast and every ``load_state_dict``. :func:`default_dtype` builds
+Modules that own e3nn tensor products inherit :class:`ExactWigner3j`, which recomputes those
+buffers in their own dtype after every cast and every ``load_state_dict``
+(:class:`~relaxgnn.nn.O3TensorProduct` keeps its own Wigner-3j buffers out of the state dict and
+refreshes them with :func:`refresh_wigner_3j` after every cast). :func:`default_dtype` builds
 modules directly in a given dtype.
 """
 
