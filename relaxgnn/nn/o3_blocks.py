@@ -128,18 +128,12 @@ class O3TensorProductGate(nn.Module):
     ) -> Tensor:
         """``(N, irreps_in1.dim), (N, irreps_in2.dim) -> (N, irreps_out.dim)``; ``x1`` in parts
         gathered by ``index`` as in :meth:`O3TensorProduct.blocks`."""
-        blocks = self.tp.blocks(x1, x2, index)
-        scalars_and_gates, gated = (blocks[0], blocks[1:]) if self.tp.num_scalars \
-            else (None, blocks)
-        out = []
-        if scalars_and_gates is not None:
-            scalars, gates = scalars_and_gates.split(
-                [self.num_scalars, scalars_and_gates.shape[-1] - self.num_scalars], -1)
-            if self.num_scalars:
-                out.append(nn.functional.silu(scalars) * self.silu_scale)
-            gates = torch.sigmoid(gates) * self.sigmoid_scale
-            for v, g in zip(gated, gates.split(self.gated_muls, -1), strict=True):
-                out.append(v * g)
+        blocks = self.tp.blocks(x1, x2, index)  # [scalars and gates (0e), *gated]
+        scalars, gates = blocks[0].split([self.num_scalars, blocks[0].shape[-1] - self.num_scalars],
+                                         -1)
+        out = [nn.functional.silu(scalars) * self.silu_scale] if self.num_scalars else []
+        gates = torch.sigmoid(gates) * self.sigmoid_scale
+        out += [v * g for v, g in zip(blocks[1:], gates.split(self.gated_muls, -1), strict=True)]
         return join_blocks(out)
 
     def __repr__(self) -> str:

@@ -110,7 +110,7 @@ class O3TensorProduct(nn.Module):
         # One group per distinct output irrep; its weight matrix has a row block per path (a, b)
         # and a column block per output of that irrep.
         self._groups: list[_Group] = []
-        index, scale, self._w3j = [], [], set()
+        index, scale, w3j_degrees = [], [], set()
         for ir in dict.fromkeys(ir for _, ir in out):
             outputs = [o for o, (_, ir_o) in enumerate(out) if ir_o == ir]
             pairs = [(a, b) for a, b, o in paths if o == outputs[0]]
@@ -120,7 +120,7 @@ class O3TensorProduct(nn.Module):
                 kind, c = _shortcut(in1[a].ir.l, in2[b].ir.l, ir.l)
                 w3j = None
                 if kind == "general":
-                    self._w3j.add((in1[a].ir.l, in2[b].ir.l, ir.l))
+                    w3j_degrees.add((in1[a].ir.l, in2[b].ir.l, ir.l))
                     w3j = f"_w3j_{in1[a].ir.l}_{in2[b].ir.l}_{ir.l}"
                 m_ab = in1[a].mul * in2[b].mul
                 rows = (group.rows, group.rows + m_ab)
@@ -139,7 +139,7 @@ class O3TensorProduct(nn.Module):
         self._scale64 = torch.cat([torch.zeros(0, dtype=torch.float64), *scale])
         self.register_buffer("weight_scale", self._scale64.to(torch.get_default_dtype()),
                              persistent=False)
-        for l1, l2, l3 in sorted(self._w3j):
+        for l1, l2, l3 in sorted(w3j_degrees):
             self.register_buffer(f"_w3j_{l1}_{l2}_{l3}", o3.wigner_3j(l1, l2, l3),
                                  persistent=False)
 
@@ -289,11 +289,9 @@ def _cat(tensors: list[Tensor], dim: int) -> Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim)
 
 
-def _contract(x1: Tensor, x2: Tensor | None, kind: str, w3j: Tensor | None) -> Tensor:
+def _contract(x1: Tensor, x2: Tensor, kind: str, w3j: Tensor | None) -> Tensor:
     """``(N, d_1, m_1), (N, d_2, m_2) -> (N, d_out, m_1 m_2)`` (without the shortcut's constant,
     which is in the weights' scale)."""
-    if x2 is None:  # constant 1x0e second input
-        return x1
     if kind == "outer":
         z = x1.unsqueeze(-1) * x2.unsqueeze(-2)
     elif kind == "dot" and x2.shape[2] == 1:
