@@ -12,8 +12,21 @@ ones per path. For the output irrep :math:`\ell` and a path :math:`p = (a, b)` w
         \sum_{i,j} C^{\ell_a \ell_b \ell}_{ijk}\, x^{(a)}_{n,u,i}\, x^{(b)}_{n,v,j}
         \;(+\, b_w \text{ for } \ell = 0e),
 
-with e3nn's Wigner-3j symbols :math:`C` and :math:`\alpha_p = \sqrt{(2\ell+1)/\sum_{p'\to w}
-m_{a'} m_{b'}}`. Two orders of evaluation are used:
+with e3nn's Wigner-3j symbols :math:`C` and :math:`\alpha_p = \sqrt{2\ell+1}`.
+
+**Parameterisation.** e3nn's module uses :math:`\alpha_p = \sqrt{(2\ell+1)/F_\ell}`, with
+:math:`F_\ell = \sum_{p \to \ell} m_a m_b` the fan-in of the output, and weights ``N(0, 1)``.
+Here, as in SEGNN's own code (and like ``nn.Linear``), the factor :math:`1/\sqrt{F_\ell}` is in
+the weights instead: they start ``U(-1/\sqrt{F_\ell}, 1/\sqrt{F_\ell})`` (biases too) and the
+output is not rescaled at run time. The function class is the same — e3nn's weight vector is
+``self.e3nn_weight() = weight * sqrt(F_ℓ)`` — but an optimiser step is not: Adam moves every
+parameter by about the learning rate, which with the run-time factor changes the output
+:math:`\sqrt{F_\ell}` (8–11× in SEGNN) times less than the same step on an ``nn.Linear``. With
+this parameterisation a scalar layer (``Fx0e ⊗ 1x0e → Gx0e``) *is* ``nn.Linear(F, G)``: same
+initial distribution, same output, same Adam trajectory; the learning rates of SEGNN's papers
+assume it.
+
+Two orders of evaluation are used:
 
 * *weights first* for the paths that are a plain product (:math:`\ell_a = 0` or
   :math:`\ell_b = 0`, where :math:`C = \delta/\sqrt{2\ell+1}`) with :math:`m_b = 1`:
@@ -71,14 +84,15 @@ class O3TensorProduct(nn.Module):
     r"""Steerable linear layer: :math:`y = W(x_1 \otimes x_2) + b` (see the module docstring).
 
     :math:`W(x_1 \otimes x_2)` equals ``o3.FullyConnectedTensorProduct(irreps_in1, irreps_in2,
-    irreps_out)`` with the weights ``self.weight`` (same length and order), and :math:`b` is a
+    irreps_out)`` with the weights :meth:`e3nn_weight` (``self.weight`` times the square root of
+    each output's fan-in; same length and order), and :math:`b` is a
     learnable bias on the ``0e`` channels of the output only (a bias on any other irrep would
     break equivariance). With ``irreps_in2=None`` the second input is the constant ``1x0e`` and
     the layer is an equivariant linear map of :math:`x_1` (used after pooling).
 
-    Weights start ``N(0, 1)`` (e3nn's default; the path normalisation keeps unit variance),
-    biases at zero. The Wigner-3j buffers are recomputed exactly after every dtype cast, so
-    ``.double()`` gives an exact float64 layer.
+    Weights and biases start as ``nn.Linear``'s, ``U(±1/√F)`` (SEGNN's initialisation), so that
+    optimiser steps act as on ``nn.Linear`` (module docstring). The Wigner-3j buffers are
+    recomputed exactly after every dtype cast, so ``.double()`` gives an exact float64 layer.
     """
 
     def __init__(
@@ -110,11 +124,13 @@ class O3TensorProduct(nn.Module):
         # One group per distinct output irrep; its weight matrix has a row block per path (a, b)
         # and a column block per output of that irrep.
         self._groups: list[_Group] = []
-        index, scale, w3j_degrees = [], [], set()
+        index, scale, fans, w3j_degrees = [], [], [], set()
+        out_fan_in = [0] * len(out)
         for ir in dict.fromkeys(ir for _, ir in out):
             outputs = [o for o, (_, ir_o) in enumerate(out) if ir_o == ir]
             pairs = [(a, b) for a, b, o in paths if o == outputs[0]]
-            alpha = math.sqrt(ir.dim / max(1, sum(in1[a].mul * in2[b].mul for a, b in pairs)))
+            fan_in = sum(in1[a].mul * in2[b].mul for a, b in pairs)
+            alpha = math.sqrt(ir.dim)  # e3nn's 1/sqrt(fan_in) lives in the weights (docstring)
             group = _Group(ir, outputs, sum(out[o].mul for o in outputs))
             for a, b in pairs:
                 kind, c = _shortcut(in1[a].ir.l, in2[b].ir.l, ir.l)
@@ -133,10 +149,18 @@ class O3TensorProduct(nn.Module):
                          for o in outputs]
                 index.append(torch.cat(block, 1).flatten())
                 scale.append(torch.full((index[-1].numel(),), c * alpha, dtype=torch.float64))
+                fans.append(torch.full((index[-1].numel(),), float(fan_in), dtype=torch.float64))
+            for o in outputs:
+                out_fan_in[o] = fan_in
             self._groups.append(group)
         self.register_buffer("weight_index", torch.cat([torch.zeros(0, dtype=torch.long), *index]),
                              persistent=False)
         self._scale64 = torch.cat([torch.zeros(0, dtype=torch.float64), *scale])
+        # fan-in F of the output each weight feeds, in the flat (e3nn) order of the weights
+        fan_in64 = torch.zeros(start, dtype=torch.float64)
+        if index:
+            fan_in64[torch.cat(index)] = torch.cat(fans)
+        self._fan_in64 = fan_in64
         self.register_buffer("weight_scale", self._scale64.to(torch.get_default_dtype()),
                              persistent=False)
         for l1, l2, l3 in sorted(w3j_degrees):
@@ -144,16 +168,28 @@ class O3TensorProduct(nn.Module):
                                  persistent=False)
 
         self.num_scalars = sum(mul for mul, ir in out if ir == SCALAR)
+        self._bias_fan_in64 = torch.tensor(
+            [float(out_fan_in[o]) for o, (mul, ir) in enumerate(out) if ir == SCALAR
+             for _ in range(mul)], dtype=torch.float64)
         self.bias = nn.Parameter(torch.zeros(self.num_scalars)) if bias and self.num_scalars \
             else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Weights ``N(0, 1)``, biases zero."""
+        r"""Weights and biases ``U(-1/\sqrt{F}, 1/\sqrt{F})`` with :math:`F` the fan-in of the
+        output they feed (``nn.Linear``'s initialisation; a bias of an output no path reaches
+        gets :math:`F = 1`)."""
         with torch.no_grad():
-            self.weight.normal_()
+            bound = self._fan_in64.clamp_min(1.0).rsqrt().to(self.weight)
+            self.weight.uniform_(-1.0, 1.0).mul_(bound)
             if self.bias is not None:
-                self.bias.zero_()
+                bound = self._bias_fan_in64.clamp_min(1.0).rsqrt().to(self.bias)
+                self.bias.uniform_(-1.0, 1.0).mul_(bound)
+
+    def e3nn_weight(self) -> Tensor:
+        r"""The weight vector of the equal ``o3.FullyConnectedTensorProduct(irreps_in1,
+        irreps_in2, irreps_out)``: ``weight * sqrt(F)`` (module docstring)."""
+        return self.weight * self._fan_in64.sqrt().to(self.weight)
 
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
