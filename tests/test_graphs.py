@@ -132,7 +132,9 @@ def test_transforms():
     lonely = SEGNNAttributes(lmax=1)(
         Data(pos=torch.zeros(1, 3), edge_index=torch.zeros(2, 0).long())
     )
-    assert torch.allclose(lonely.node_attr, torch.tensor([[y0, 0.0, 0.0, 0.0]]))
+    # SEGNN's code sets every node attribute's scalar component to 1
+    assert torch.allclose(lonely.node_attr, torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    assert torch.all(data.node_attr[:, 0] == 1)
 
 
 def test_graph_errors():

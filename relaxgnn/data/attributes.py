@@ -5,14 +5,19 @@ For an edge :math:`j \to i` with :math:`r_{ij} = x_j - x_i`:
 .. math::
     a_{ij} = Y^{(\le L)}\!\left(\frac{r_{ij}}{\lVert r_{ij}\rVert}\right), \qquad
     a_i = \frac{1}{|\mathcal N(i)|}\sum_{j \in \mathcal N(i)} a_{ij}
-          \;\big[+\, Y^{(\le L)}(v_i/\lVert v_i\rVert)\big],
+          \;\big[+\, Y^{(\le L)}(v_i/\lVert v_i\rVert)\big]
+          \quad\text{with its } 0e \text{ component set to } 1,
 
 spherical harmonics in e3nn's ``"integral"`` normalisation, as SEGNN uses
 (:math:`Y^{(0)} = 1/\sqrt{4\pi}`, :math:`\lVert Y^{(l)}\rVert = \sqrt{(2l+1)/4\pi}`: with the
 ``"component"`` normalisation, where :math:`Y^{(0)} = 1`, every tensor product with the
 attributes amplifies the features and a 4-layer SEGNN's activations grow ~10× per layer), and
-the invariant edge feature :math:`\lVert r_{ij}\rVert^2`. A node without neighbours gets
-:math:`a_i = (Y^{(0)}, 0, …, 0)`.
+the invariant edge feature :math:`\lVert r_{ij}\rVert` (the distance, as SEGNN's N-body and
+gravity code use). Like SEGNN's code (its ``catch_isolated_nodes``), the scalar component of
+every :math:`a_i` is 1 — not the mean :math:`Y^{(0)}` (plus :math:`Y^{(0)}` of the velocity) — so
+a node without neighbours gets :math:`a_i = (1, 0, …, 0)`, and the tensor products with
+:math:`a_i` pass scalars through at unit scale (with :math:`2Y^{(0)} = 0.56` instead, the N-body
+SEGNN trains about half as fast).
 """
 
 from __future__ import annotations
@@ -54,11 +59,10 @@ def segnn_attributes(
     node_attr = scatter(edge_attr, edge_index[1], dim=0, dim_size=pos.shape[0], reduce="mean")
     if vel is not None:
         node_attr = node_attr + spherical_harmonics(lmax, vel)
-    isolated = torch.bincount(edge_index[1], minlength=pos.shape[0]) == 0
-    if bool(isolated.any()):
-        node_attr = node_attr.clone()
-        node_attr[isolated, 0] = Y0
-    edge_dist = rel.pow(2).sum(-1, keepdim=True)
+    # SEGNN's code sets the 0e component of every node's attribute to 1 (its
+    # `catch_isolated_nodes`), which also gives isolated nodes a well-defined attribute
+    node_attr = torch.cat([torch.ones_like(node_attr[:, :1]), node_attr[:, 1:]], -1)
+    edge_dist = rel.norm(dim=-1, keepdim=True)
     return node_attr, edge_attr, edge_dist
 
 

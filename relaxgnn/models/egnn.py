@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +12,7 @@ from torch_geometric.data import Data
 from ..nn.checks import trusted_inputs
 from ..nn.egnn_conv import EGNNConv
 from ..nn.mlp import MLP
-from ..relax.path import RelaxConfig
+from ..relax.attach import attach, nested, resolve_placement
 from ..symmetry.irreps import as_irreps
 from ..symmetry.signature import Signature
 from .inputs import GraphInputs
@@ -45,9 +45,12 @@ class EGNN(nn.Module):
         output: ``"position"``, ``"node"`` or ``"graph"`` (``out_channels`` scalars for the
             last two).
         cutoff: radius graph when the data has no ``edge_index`` (fully connected if ``None``).
-        relax: relaxation paths in every layer (``"linear"``, ``"mlp"``, a mapping of
-            :class:`~relaxgnn.relax.RelaxConfig` fields, or ``None``); drive them with
-            :class:`~relaxgnn.relax.Relaxation`, remove them with :func:`~relaxgnn.relax.project`.
+        relax: relaxation paths: a path kind (``"linear"``, ``"mlp"``) or a mapping of
+            :class:`~relaxgnn.relax.RelaxConfig` fields for the default placement in every layer
+            (:meth:`~relaxgnn.nn.EGNNConv.relaxation_placement`), or an explicit placement
+            ``{module pattern: config}`` for :func:`~relaxgnn.relax.attach`; ``None`` for none.
+            Drive them with :class:`~relaxgnn.relax.Relaxation`, remove them with
+            :func:`~relaxgnn.relax.project`.
     """
 
     def __init__(
@@ -65,7 +68,7 @@ class EGNN(nn.Module):
         normalize: bool = False,
         coord_tanh: bool = False,
         coord_clamp: float | None = 100.0,
-        relax: RelaxConfig | str | Mapping | None = None,
+        relax: str | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if output not in ("position", "node", "graph"):
@@ -81,7 +84,6 @@ class EGNN(nn.Module):
         self.output = output
         self.pooling = pooling
         self.out_channels = out_channels
-        self.relax = RelaxConfig.parse(relax)
         in_dim = self.inputs.irreps.dim + (1 if velocity_field else 0)
         self.embedding = nn.Linear(in_dim, hidden_channels)
         self.layers = nn.ModuleList(
@@ -96,13 +98,18 @@ class EGNN(nn.Module):
                 normalize=normalize,
                 coord_tanh=coord_tanh,
                 coord_clamp=coord_clamp,
-                relax=self.relax,
             )
             for k in range(num_layers)
         )
         self.head = (
             None if output == "position" else MLP([hidden_channels, hidden_channels, out_channels])
         )
+        self.relax = relax
+        placement = resolve_placement(relax, lambda config: {
+            k: v for i, layer in enumerate(self.layers)
+            for k, v in nested(f"layers.{i}", layer.relaxation_placement(config)).items()})
+        if placement:
+            attach(self, placement)
 
     def reset_parameters(self) -> None:
         self.embedding.reset_parameters()
@@ -116,6 +123,7 @@ class EGNN(nn.Module):
         irreps_in = {"pos": "1x1o", **self.inputs.fields}
         if self.velocity_field:
             irreps_in[self.velocity_field] = "1x1o"
+        irreps_in.update(dict.fromkeys(self.pair_fields, "1x0e"))
         if self.output == "position":
             return Signature(irreps_in, "1x1o", "node", output_translates=True)
         return Signature(irreps_in, f"{self.out_channels}x0e", self.output)
@@ -131,14 +139,7 @@ class EGNN(nn.Module):
             h = torch.cat([h, vel.norm(dim=-1, keepdim=True)], -1)
         edge_attr = None
         if self.pair_fields:
-            j, i = edge_index
-            edge_attr = torch.cat(
-                [
-                    (getattr(data, f).reshape(-1, 1)[i] * getattr(data, f).reshape(-1, 1)[j])
-                    for f in self.pair_fields
-                ],
-                -1,
-            ).to(data.pos.dtype)
+            edge_attr = self.inputs.pair_features(data, edge_index, self.pair_fields)
         h = self.embedding(h)
         pos = data.pos
         with trusted_inputs():  # validated above by self.inputs

@@ -106,6 +106,21 @@ class GraphInputs(nn.Module):
             return data.pos.new_ones(N, 1)
         return torch.cat(parts, -1)
 
+    def pair_features(self, data: Data, edge_index: Tensor, names: Sequence[str]) -> Tensor:
+        r"""``(E, len(names))``: :math:`q_i q_j` of every scalar node field ``q`` in ``names`` on
+        each edge :math:`j \to i` (invariant edge features, e.g. the charge products of the
+        N-body models of EGNN and SEGNN)."""
+        N = data.pos.shape[0]
+        j, i = edge_index
+        columns = []
+        for name in names:
+            value = getattr(data, name, None)
+            if value is None:
+                raise ValueError(f"the model reads the pair field `{name}` but the data has none")
+            q = check_features(value, name, N, 1).to(data.pos.dtype)
+            columns.append(q[i] * q[j])
+        return torch.cat(columns, -1) if columns else data.pos.new_zeros(edge_index.shape[1], 0)
+
     def one_hot(self, z: Tensor | None, num_nodes: int) -> Tensor:
         if z is None:
             raise ValueError("the model reads atomic numbers `z` but the data has none")

@@ -4,7 +4,7 @@ graph heads (Brandstetter et al., ICLR 2022)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from e3nn import o3
@@ -16,7 +16,7 @@ from ..data.attributes import segnn_attributes
 from ..nn.checks import check_features, trusted_inputs
 from ..nn.o3_blocks import O3TensorProduct, O3TensorProductGate, balanced_irreps
 from ..nn.segnn_conv import SEGNNConv
-from ..relax.path import RelaxConfig
+from ..relax.attach import attach, nested, resolve_placement
 from ..symmetry.irreps import IrrepsLike, as_irreps
 from ..symmetry.signature import Signature
 from .inputs import GraphInputs
@@ -40,7 +40,8 @@ class SEGNN(nn.Module):
 
     .. math::
         h^0_i = \tilde W_{a_i}\, f_i,\qquad
-        h^{t+1} = \mathrm{SEGNNConv}_t(h^t, a_i, a_{ij}, \lVert r_{ij}\rVert^2),
+        h^{t+1} = \mathrm{SEGNNConv}_t\big(h^t, a_i, a_{ij},
+            e_{ij} = [\lVert r_{ij}\rVert \,\Vert\, q_i q_j]\big),
 
     where :math:`f_i` are the input fields (any irreps), the element one-hot and, with
     ``centred_position_input``, :math:`x_i - \bar x_{G(i)}` (the mean of the node's graph), and
@@ -62,15 +63,21 @@ class SEGNN(nn.Module):
         irreps_hidden: explicit hidden irreps (overrides ``hidden_features`` and ``lmax``).
         lmax_attr: degree of the attributes (default ``lmax``).
         velocity_field: a ``1x1o`` field whose spherical harmonics are added to :math:`a_i`.
+        pair_fields: scalar node fields :math:`q` whose products :math:`q_i q_j` are invariant
+            edge features next to the distance (SEGNN's charges in the N-body task).
         centred_position_input: append positions centred per graph as a ``1x1o`` input.
         output: ``"position"``, ``"node"`` or ``"graph"``.
         irreps_out: output irreps (default ``1x1o`` for ``"position"``, else ``1x0e``).
         pooling: ``"sum"`` or ``"mean"`` for the graph head.
         cutoff: radius graph when the data has no ``edge_index`` (fully connected if ``None``).
         aggr: neighbour aggregation of the layers, ``"sum"`` or ``"mean"``.
-        relax: relaxation paths in every layer (``"linear"``, ``"mlp"``, a mapping of
-            :class:`~relaxgnn.relax.RelaxConfig` fields, or ``None``); drive them with
-            :class:`~relaxgnn.relax.Relaxation`, remove them with :func:`~relaxgnn.relax.project`.
+        relax: relaxation paths: a path kind (``"linear"``, ``"mlp"``) or a mapping of
+            :class:`~relaxgnn.relax.RelaxConfig` fields for the paper's placement in every layer
+            (:meth:`~relaxgnn.nn.SEGNNConv.relaxation_placement`: both update layers), or an
+            explicit placement ``{module pattern: config}`` for
+            :func:`~relaxgnn.relax.attach` (e.g. ``{"layers.*.message_layer_1": "linear"}``);
+            ``None`` for none. Drive them with :class:`~relaxgnn.relax.Relaxation`, remove them
+            with :func:`~relaxgnn.relax.project`.
 
     ``data.node_attr``, ``data.edge_attr`` and ``data.edge_dist`` are used when the data has
     them and its own ``edge_index`` (from :class:`~relaxgnn.data.SEGNNAttributes`); otherwise
@@ -87,13 +94,14 @@ class SEGNN(nn.Module):
         lmax_attr: int | None = None,
         num_layers: int = 4,
         velocity_field: str | None = None,
+        pair_fields: Sequence[str] = (),
         centred_position_input: bool = False,
         output: Output = "position",
         irreps_out: IrrepsLike | None = None,
         pooling: Pool = "sum",
         cutoff: float | None = None,
         aggr: Literal["sum", "mean"] = "sum",
-        relax: RelaxConfig | str | Mapping | None = None,
+        relax: str | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if output not in ("position", "node", "graph"):
@@ -103,11 +111,11 @@ class SEGNN(nn.Module):
         if pooling not in ("sum", "mean"):
             raise ValueError(f"pooling must be 'sum' or 'mean', got {pooling!r}")
         self.inputs = GraphInputs(fields, atomic_numbers, cutoff)
-        self.relax = RelaxConfig.parse(relax)
         self.lmax_attr = lmax if lmax_attr is None else lmax_attr
         if self.lmax_attr < 0:
             raise ValueError(f"lmax_attr must be >= 0, got {self.lmax_attr}")
         self.velocity_field = velocity_field
+        self.pair_fields = tuple(pair_fields)
         self.centred_position_input = centred_position_input
         self.output = output
         self.pooling = pooling
@@ -124,7 +132,7 @@ class SEGNN(nn.Module):
         H, A = self.irreps_hidden, self.irreps_attr
         self.embedding = O3TensorProduct(self.irreps_in, A, H)
         self.layers = nn.ModuleList(
-            SEGNNConv(H, H, H, A, edge_feature_dim=1, aggr=aggr, relax=self.relax)
+            SEGNNConv(H, H, H, A, edge_feature_dim=1 + len(self.pair_fields), aggr=aggr)
             for _ in range(num_layers)
         )
         self.pre_head = O3TensorProductGate(H, A, H)
@@ -134,6 +142,12 @@ class SEGNN(nn.Module):
         else:
             self.post_pool = None
             self.head = O3TensorProduct(H, A, self.irreps_out)
+        self.relax = relax
+        placement = resolve_placement(relax, lambda config: {
+            k: v for i, layer in enumerate(self.layers)
+            for k, v in nested(f"layers.{i}", layer.relaxation_placement(config)).items()})
+        if placement:
+            attach(self, placement)
 
     def reset_parameters(self) -> None:
         for module in (self.embedding, *self.layers, self.pre_head, self.post_pool, self.head):
@@ -145,6 +159,7 @@ class SEGNN(nn.Module):
         irreps_in = {"pos": "1x1o", **{k: str(v) for k, v in self.inputs.fields.items()}}
         if self.velocity_field:
             irreps_in[self.velocity_field] = "1x1o"
+        irreps_in.update(dict.fromkeys(self.pair_fields, "1x0e"))
         if self.output == "position":
             return Signature(irreps_in, "1x1o", "node", output_translates=True)
         return Signature(irreps_in, self.irreps_out, self.output)
@@ -166,14 +181,17 @@ class SEGNN(nn.Module):
 
     def forward(self, data: Data) -> Tensor:
         edge_index, shift, batch = self.inputs.graph(data)
-        node_attr, edge_attr, edge_dist = self.attributes(data, edge_index, shift)
+        node_attr, edge_attr, edge_feat = self.attributes(data, edge_index, shift)
+        if self.pair_fields:
+            pairs = self.inputs.pair_features(data, edge_index, self.pair_fields)
+            edge_feat = torch.cat([edge_feat, pairs], -1)
         f = self.inputs.node_features(data)
         if self.centred_position_input:
             f = torch.cat([f, centre_per_graph(data.pos, batch)], -1)
         h = self.embedding(f, node_attr)
         with trusted_inputs():  # validated above by self.inputs
             for layer in self.layers:
-                h = layer(h, edge_index, node_attr, edge_attr, edge_dist, pos=data.pos)
+                h = layer(h, edge_index, node_attr, edge_attr, edge_feat, pos=data.pos)
         h = self.pre_head(h, node_attr)
         if self.output == "graph":
             h = pool(h, batch, self.pooling, getattr(data, "num_graphs", None))
