@@ -6,6 +6,11 @@ against the epoch.
 Both arms of a seed start from identical equivariant weights (relaxation paths draw no numbers
 from the global generator) and see the same batches in the same order, so the comparison
 isolates the effect of relaxation.
+
+Every finished run's result is written to ``<out>/results/<arm>_seed<k>.json`` at once, and a
+rerun with the same ``--out`` skips the runs already there, so a partly finished grid resumes.
+``--jobs N`` runs N single-process runs side by side (each with ``--threads`` threads; on two
+cores, two one-thread runs beat one two-thread run).
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -102,7 +109,8 @@ def plot(results: list[dict], exp: Experiment, path: Path) -> None:
 
 def table(results: list[dict], exp: Experiment, args: argparse.Namespace, setting: str) -> str:
     lines = [f"{exp.name}: {setting}, {args.epochs} epochs, {args.seeds} seeds per arm "
-             f"({args.accelerator}, {torch.get_num_threads()} threads, {cpu_name()}, "
+             f"({args.accelerator}, {args.threads} threads per run, {args.jobs} run(s) at a time, "
+             f"{cpu_name()}, "
              f"torch {torch.__version__}, {date.today()})"]
     header = f"{'arm':<9}" + "".join(f"{label:>30}" for _, label in exp.metrics) + \
         f"{'min/run':>9}"
@@ -129,15 +137,70 @@ def add_common_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--val-every", type=int, default=5)
     parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side (processes)")
     parser.add_argument("--configs", default="configs")
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # "<arm>:<seed>"
 
 
-def compare(exp: Experiment, args: argparse.Namespace, setting: str) -> str:
-    """Run every arm and seed; write results JSON, table and plot under ``args.out``."""
+def _result_path(args: argparse.Namespace, arm: str, seed: int) -> Path:
+    return Path(args.out) / "results" / f"{arm}_seed{seed}.json"
+
+
+def _run_and_save(exp: Experiment, relaxed: bool, seed: int, args: argparse.Namespace) -> None:
+    result = run_arm(exp, relaxed, seed, args)
+    path = _result_path(args, result["arm"], seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)  # a killed run leaves no half-written result
+
+
+def _run_side_by_side(pending: list[tuple[bool, int]], args: argparse.Namespace) -> None:
+    """Each pending run in its own process (this script with ``--only``), ``args.jobs`` at once."""
+    logs = Path(args.out) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    queue, running = list(pending), []
+    while queue or running:
+        while queue and len(running) < args.jobs:
+            relaxed, seed = queue.pop(0)
+            arm = "relaxed" if relaxed else "plain"
+            log = (logs / f"{arm}_seed{seed}.log").open("w")
+            cmd = [sys.executable, sys.argv[0], *sys.argv[1:], "--only", f"{arm}:{seed}"]
+            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
+                            arm, seed))
+        time.sleep(1.0)
+        for item in list(running):
+            proc, arm, seed = item
+            if proc.poll() is not None:
+                running.remove(item)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"run {arm} seed {seed} failed (exit {proc.returncode}); "
+                                       f"see {logs / f'{arm}_seed{seed}.log'}")
+                print(f"finished {arm} seed {seed}", flush=True)
+
+
+def compare(exp: Experiment, args: argparse.Namespace, setting: str) -> str | None:
+    """Run every arm and seed not yet done; write results JSON, table and plot under
+    ``args.out``."""
     torch.set_num_threads(args.threads)
-    results = [run_arm(exp, relaxed, seed, args)
-               for seed in range(args.seeds) for relaxed in (False, True)]
+    if args.only:
+        arm, seed = args.only.split(":")
+        _run_and_save(exp, arm == "relaxed", int(seed), args)
+        return None
+    grid = [(relaxed, seed) for seed in range(args.seeds) for relaxed in (False, True)]
+    pending = [(r, s) for r, s in grid
+               if not _result_path(args, "relaxed" if r else "plain", s).is_file()]
+    if len(pending) < len(grid):
+        print(f"resuming: {len(grid) - len(pending)} of {len(grid)} runs already done")
+    if args.jobs > 1 and len(pending) > 1:
+        _run_side_by_side(pending, args)
+    else:
+        for relaxed, seed in pending:
+            _run_and_save(exp, relaxed, seed, args)
+    results = [json.loads(_result_path(args, "relaxed" if r else "plain", s).read_text())
+               for r, s in grid]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plot_path = out / f"{exp.name}_val.png"

@@ -52,9 +52,9 @@ def build(model: str, relax):
     if model == "egnn":
         return EGNN(hidden_channels=64, num_layers=4, velocity_field="vel",
                     pair_fields=["charges"], output="position", relax=relax)
-    return SEGNN({"vel": "1x1o", "charges": "1x0e"}, hidden_features=64, lmax=1, num_layers=4,
-                 velocity_field="vel", centred_position_input=True, output="position",
-                 relax=relax)
+    return SEGNN({"vel": "1x1o"}, hidden_features=64, lmax=1, num_layers=4,
+                 velocity_field="vel", pair_fields=["charges"], centred_position_input=True,
+                 output="position", relax=relax)
 
 
 class UnfusedTensorProduct(nn.Module):
@@ -66,8 +66,9 @@ class UnfusedTensorProduct(nn.Module):
         fused = layer.tp if isinstance(layer, O3TensorProductGate) else layer
         self.constant_in2 = fused.constant_in2
         self.tp = o3.FullyConnectedTensorProduct(fused.irreps_in1, fused.irreps_in2,
-                                                 fused.irreps_out)
-        self.tp.weight = fused.weight
+                                                 fused.irreps_out, internal_weights=False,
+                                                 shared_weights=True)
+        self.fused = fused  # its weight, in e3nn's parameterisation: fused.e3nn_weight()
         self.bias = fused.bias
         out = fused.irreps_out
         index = [i for (_, ir), sl in zip(out, out.slices(), strict=True) if ir == o3.Irrep("0e")
@@ -87,7 +88,7 @@ class UnfusedTensorProduct(nn.Module):
             x1 = torch.cat([p if i is None else p[i] for p, i in zip(x1, index, strict=True)], -1)
         if self.constant_in2:
             x2 = x1.new_ones(x1.shape[0], 1)
-        out = self.tp(x1, x2)
+        out = self.tp(x1, x2, self.fused.e3nn_weight())
         if self.bias is not None:
             out = out + out.new_zeros(out.shape[-1]).index_copy(0, self.bias_index, self.bias)
         return out if self.gate is None else self.gate(out)
@@ -133,8 +134,11 @@ def main() -> None:
         optimizer = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-12)
 
         def step():
-            loss = (model(batch) - target).pow(2).mean()
-            if controller is not None:
+            if controller is None:
+                loss = (model(batch) - target).pow(2).mean()
+            else:
+                with controller.record():
+                    loss = (model(batch) - target).pow(2).mean()
                 loss = loss + controller.penalty()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -75,7 +75,7 @@ class RelaxGNNCalculator(Calculator):
 
     def _prepare(self, model: nn.Module, dtype, allow_relaxed: bool) -> nn.Module:
         paths = find_paths(model)
-        active = sorted(name for name, path in paths.items() if path._theta != 0)
+        active = sorted(name for name, path in paths.items() if path.active)
         if active and not allow_relaxed:
             raise ValueError(
                 f"the model has relaxation paths with θ ≠ 0 ({', '.join(active)}): it is not "

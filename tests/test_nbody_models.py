@@ -11,7 +11,7 @@ from torch_geometric.data import Batch
 from relaxgnn.data import NBody
 from relaxgnn.dtype import default_dtype
 from relaxgnn.models import build_model
-from relaxgnn.relax import Constant, Relaxation, project
+from relaxgnn.relax import Constant, Relaxation, find_paths, project
 from relaxgnn.symmetry import equivariance_error
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("nbody_*.yaml"))
@@ -56,3 +56,20 @@ def test_config_models_on_nbody_inputs(config, nbody_batch):
                 path.g.weight.normal_(0, 0.01)
         assert equivariance_error(model, batch)["rotation"] > 1e-6
         assert max(equivariance_error(project(model), batch, trials=2).values()) < 1e-9
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.stem.endswith("_relaxed")],
+                         ids=lambda c: c.stem)
+def test_relaxed_configs_name_the_default_placement(config):
+    """The relaxed configs spell their placement out ({module pattern: path}), and it is the
+    model's default placement: the same paths as ``relax="linear"``, reading the same inputs."""
+    spec = yaml.safe_load(config.read_text())["model"]["model"]
+    relax = spec["init_args"]["relax"]
+    assert isinstance(relax, dict) and all(key.startswith("layers.") for key in relax)
+    explicit = build_model(spec)
+    spec["init_args"]["relax"] = "linear"
+    shorthand = build_model(spec)
+    paths, default = find_paths(explicit), find_paths(shorthand)
+    assert list(paths) == list(default)
+    for name, path in paths.items():
+        assert path.inputs == default[name].inputs and path.irreps_out == default[name].irreps_out

@@ -1,5 +1,5 @@
 """Constraint relaxation on every model: θ = 0 is the plain model, θ > 0 breaks equivariance,
-projection restores it exactly, penalties train only the paths, checkpoints keep θ."""
+projection restores it exactly, penalties train only the paths, the controller's state keeps θ."""
 
 import copy
 
@@ -50,7 +50,9 @@ def train(model, relax, steps=5, lr=1e-2):
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     for i in range(steps):
         relax.step(i)
-        loss = (model(batch) - target).pow(2).mean() + relax.penalty()
+        with relax.record():
+            out = model(batch)
+        loss = (out - target).pow(2).mean() + relax.penalty()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -111,7 +113,8 @@ def test_relaxed_is_not_equivariant_projection_is_exact(name, kind):
 def test_penalty_trains_only_the_paths(name):
     model = build(name, "linear")
     relax = Relaxation(model, Constant(1.0, 10), lie_weight=1.0, norm_weight=1.0)
-    model(data())
+    with relax.record():
+        model(data())
     penalty = relax.penalty()
     assert penalty > 0
     penalty.backward()
@@ -128,14 +131,18 @@ def test_penalty_is_zero_for_an_equivariant_path_and_matches_the_paper():
     λ(sqrt(Σ‖Lg‖²) + sqrt(Σ‖g‖²)) per block, summed over blocks."""
     model = build("SEGNN", {"kind": "linear", "positions": False})
     relax = Relaxation(model, Constant(1.0, 10), lie_weight=0.01, norm_weight=0.01)
-    model(data())
+    with relax.record():
+        model(data())
     paths = find_paths(model)
+    inputs = relax.inputs()
+    assert set(inputs) == set(paths)
     with torch.no_grad():
         for path in paths.values():  # W = identity on the h part: equivariant
             path.g.weight.zero_()
             n = min(path.g.weight.shape)
             path.g.weight[:, :n] = torch.eye(n)
-    expected = sum(0.01 * path.g(path.last_input).pow(2).sum().sqrt() for path in paths.values())
+    expected = sum(0.01 * path.g(inputs[name]).pow(2).sum().sqrt()
+                   for name, path in paths.items())
     assert torch.allclose(relax.penalty(), expected, rtol=1e-12)
     metrics = relax.metrics()
     assert all(metrics[f"{name}/lie_derivative"] < 1e-12 for name in paths)
@@ -148,11 +155,12 @@ def test_penalty_and_metrics_report_per_block():
     relax.step(10)
     assert relax.theta == pytest.approx(1.0)
     batch = data()
-    model(batch)
+    with relax.record():
+        model(batch)
     metrics = relax.metrics(batch)
     names = list(find_paths(model))
-    assert set(names) == {"layers.0.relax_features", "layers.0.relax_coords",
-                          "layers.1.relax_coords"}
+    # features and coordinates of the first layer; the last has no feature update
+    assert set(names) == {"layers.0.features", "layers.0.coords", "layers.1.coords"}
     for name in names:
         assert metrics[f"{name}/path_norm"] > 0 and metrics[f"{name}/lie_derivative"] > 0
     assert metrics["theta"] == pytest.approx(1.0)
@@ -163,34 +171,39 @@ def test_penalty_and_metrics_report_per_block():
 def test_per_block_schedules():
     model = build("EGNN", "linear")
     relax = Relaxation(model, {"layers.0.*": Constant(1.0, 5), "*": LinearDecay(2.0, 5)})
-    assert relax.thetas == {"layers.0.relax_features": 1.0, "layers.0.relax_coords": 1.0,
-                            "layers.1.relax_coords": 2.0}
+    assert relax.thetas == {"layers.0.features": 1.0, "layers.0.coords": 1.0,
+                            "layers.1.coords": 2.0}
     with pytest.raises(ValueError, match="no schedule pattern"):
         Relaxation(model, {"layers.0.*": Constant(1.0, 5)})
 
 
 def test_relaxation_targets():
     model = EGNN(hidden_channels=8, num_layers=2, relax={"kind": "linear", "targets": ["coords"]})
-    assert all(name.endswith("relax_coords") for name in find_paths(model))
+    assert list(find_paths(model)) == ["layers.0.coords", "layers.1.coords"]
     with pytest.raises(ValueError, match="not offered"):
         TPNet(atomic_numbers=[1], num_layers=1, relax={"targets": ["coords"]})
 
 
-def test_checkpoint_round_trip_keeps_theta():
+def test_theta_lives_in_the_controller_and_its_state_restores_it():
+    """θ is the controller's: the model's state dict has none (a relaxed model loaded without
+    its controller computes the plain model), and the controller's state resumes it exactly."""
     model = build("SEGNN", "linear")
     relax = Relaxation(model, LinearDecay(1.0, 20))
     train(model, relax, steps=4)
     relax.step(7)
+    assert not any("theta" in key for key in model.state_dict())
     state, relax_state = copy.deepcopy(model.state_dict()), relax.state_dict()
 
     restored = build("SEGNN", "linear", seed=99)
+    restored.load_state_dict(state)
+    plain = build("SEGNN", None, seed=98)
+    plain.load_state_dict({k: v for k, v in state.items() if "relaxation_paths" not in k})
+    batch = data()
+    assert torch.equal(restored(batch), plain(batch))  # no controller: θ = 0
     restored_relax = Relaxation(restored, LinearDecay(1.0, 20))
     assert restored_relax.theta == 1.0
-    restored.load_state_dict(state)
-    assert all(p._theta == pytest.approx(1.0 - 7 / 19) for p in find_paths(restored).values())
     restored_relax.load_state_dict(relax_state)
     assert restored_relax.theta == relax.theta == pytest.approx(1.0 - 7 / 19)
-    batch = data()
     assert torch.equal(restored(batch), model(batch))
     restored_relax.step(8)
     relax.step(8)
@@ -211,8 +224,6 @@ def test_bad_configuration():
     with pytest.raises(ValueError, match="total_steps must be a positive integer"):
         LinearDecay(1.0, 0)
     path = RelaxationPath("1x0e", "1x0e")
-    with pytest.raises(ValueError, match="theta must be a finite non-negative"):
-        path.set_theta(-1.0)
     with pytest.raises(ValueError, match="lie_weight"):
         Relaxation(EGNN(relax="linear"), LinearDecay(1.0, 10), lie_weight=-1)
     with pytest.raises(ValueError, match="expects 1 input features"):
@@ -232,8 +243,8 @@ def test_linear_path_initialisation():
 def test_linear_penalty_closed_form_equals_the_per_sample_derivatives():
     """The Gram-matrix form used for linear paths gives the same three terms as the generic
     per-sample route (Jacobian-vector products through an opaque function)."""
-    from relaxgnn.relax.controller import path_penalties
     from relaxgnn.relax.lie import lie_derivative, translation_derivative
+    from relaxgnn.relax.penalties import path_penalties
     from relaxgnn.symmetry.irreps import representation
 
     with default_dtype(torch.float64):
@@ -259,19 +270,20 @@ def test_linear_penalty_closed_form_equals_the_per_sample_derivatives():
 def test_batched_layer_penalties_equal_the_per_path_ones():
     """Relaxation evaluates the linear paths of equal shape in one batch (a model's layers):
     every block's terms equal path_penalties of that path alone."""
-    from relaxgnn.relax.controller import path_penalties
+    from relaxgnn.relax.penalties import path_penalties
 
     model = build("SEGNN", "linear")
     relax = Relaxation(model, Constant(1.0, 10), reflection_weight=0.1)
     for path in find_paths(model).values():
         with torch.no_grad():
             path.g.weight.normal_()
-    model(data())
+    with relax.record():
+        model(data())
     batched = relax._terms()
-    assert len(batched) == 2
+    assert len(batched) == 4  # two update layers in each of two layers
     reflection = random_reflection(relax.step_index, dtype=torch.float64)
     for name, path in find_paths(model).items():
-        alone = path_penalties(path, path.last_input, reflection)
+        alone = path_penalties(path, relax.inputs()[name], reflection)
         for term in ("lie", "norm", "reflection"):
             torch.testing.assert_close(batched[name][term], alone[term], rtol=1e-12, atol=0)
 
@@ -282,7 +294,9 @@ def test_zero_initialised_paths_have_finite_gradients(kind):
     gradient must be 0, not NaN (which would poison the whole model at the first step)."""
     model = build("EGNN", {"kind": kind, "init_std": 0.0})
     relax = Relaxation(model, Constant(1.0, 10), reflection_weight=0.1)
-    loss = model(data()).pow(2).mean() + relax.penalty()
+    with relax.record():
+        out = model(data())
+    loss = out.pow(2).mean() + relax.penalty()
     loss.backward()
     assert relax.penalty() == 0
     for name, p in model.named_parameters():

@@ -37,7 +37,7 @@ def test_node_task_with_relaxation(tmp_path):
             seen.append(("train", pl_module.relaxation.theta))
 
         def on_validation_batch_end(self, trainer, pl_module, *args):
-            seen.append(("val", max(p._theta for p in find_paths(pl_module.model).values())))
+            seen.append(("val", max(p.theta for p in find_paths(pl_module.model).values())))
 
     trainer = make_trainer(tmp_path, [Relax("Triangle", theta=1.0), EquivarianceMonitor(2),
                                       Spy()], max_epochs=3)
@@ -59,7 +59,7 @@ def test_node_task_with_relaxation(tmp_path):
                                                              "penalty.png", "equivariance.png"}
     metrics = (run / "metrics.csv").read_text().splitlines()[0]
     for name in ("train/loss", "train/penalty", "theta", "val/mse", "equivariance/rotation",
-                 "relax/layers.0.relax_coords/lie_derivative"):
+                 "relax/layers.0.coords/lie_derivative"):
         assert name in metrics
     assert (run / "checkpoints" / "last.ckpt").is_file()
     result = trainer.test(module, nbody_data(), verbose=False)[0]

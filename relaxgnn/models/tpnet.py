@@ -4,7 +4,7 @@ node or graph heads (per-atom energies summed per molecule; forces by autograd).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from e3nn import o3
 from torch import Tensor, nn
@@ -12,7 +12,7 @@ from torch_geometric.data import Data
 
 from ..nn.checks import trusted_inputs
 from ..nn.tp_conv import TensorProductConv, reset_e3nn
-from ..relax.path import RelaxConfig
+from ..relax.attach import attach, nested, resolve_placement
 from ..symmetry.irreps import IrrepsLike, as_irreps
 from ..symmetry.signature import Signature
 from .inputs import GraphInputs
@@ -79,9 +79,12 @@ class TPNet(nn.Module):
         output: ``"node"`` or ``"graph"``.
         irreps_out: irreps of the output; each irrep must occur in the hidden irreps.
         pooling: ``"sum"`` or ``"mean"`` for ``output="graph"``.
-        relax: relaxation paths in every layer (``"linear"``, ``"mlp"``, a mapping of
-            :class:`~relaxgnn.relax.RelaxConfig` fields, or ``None``); drive them with
-            :class:`~relaxgnn.relax.Relaxation`, remove them with :func:`~relaxgnn.relax.project`.
+        relax: relaxation paths: a path kind (``"linear"``, ``"mlp"``) or a mapping of
+            :class:`~relaxgnn.relax.RelaxConfig` fields for the default placement in every layer
+            (:meth:`~relaxgnn.nn.TensorProductConv.relaxation_placement`), or an explicit placement
+            ``{module pattern: config}`` for :func:`~relaxgnn.relax.attach`; ``None`` for none.
+            Drive them with :class:`~relaxgnn.relax.Relaxation`, remove them with
+            :func:`~relaxgnn.relax.project`.
     """
 
     def __init__(
@@ -100,7 +103,7 @@ class TPNet(nn.Module):
         output: Output = "graph",
         irreps_out: IrrepsLike = "1x0e",
         pooling: Pool = "sum",
-        relax: RelaxConfig | str | Mapping | None = None,
+        relax: str | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if output not in ("node", "graph"):
@@ -110,7 +113,6 @@ class TPNet(nn.Module):
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         self.inputs = GraphInputs(fields, atomic_numbers, cutoff)
-        self.relax = RelaxConfig.parse(relax)
         self.output = output
         self.pooling = pooling
         self.irreps_hidden = (hidden_irreps(hidden_features, lmax) if irreps_hidden is None
@@ -133,7 +135,7 @@ class TPNet(nn.Module):
                 irreps, _keep(self.irreps_hidden, reachable), self.irreps_sh, num_basis, cutoff,
                 radial_hidden, radial_layers,
                 1.0 if avg_num_neighbors is None else avg_num_neighbors, self.irreps_node_attr,
-                relax=self.relax)
+)
             self.layers.append(layer)
             irreps = layer.irreps_out
         missing = {ir for _, ir in self.irreps_out} - {ir for _, ir in irreps}
@@ -143,6 +145,12 @@ class TPNet(nn.Module):
         mid = o3.Irreps([(max(1, m // 2), ir) for m, ir in
                          _keep(irreps, [ir for _, ir in self.irreps_out])])
         self.head = nn.Sequential(o3.Linear(irreps, mid), o3.Linear(mid, self.irreps_out))
+        self.relax = relax
+        placement = resolve_placement(relax, lambda config: {
+            k: v for i, layer in enumerate(self.layers)
+            for k, v in nested(f"layers.{i}", layer.relaxation_placement(config)).items()})
+        if placement:
+            attach(self, placement)
 
     def reset_parameters(self) -> None:
         for layer in self.layers:

@@ -2,16 +2,19 @@ r"""E(n)-equivariant graph convolution (Satorras, Hoogeboom & Welling, ICML 2021
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
+from e3nn import o3
 from torch import Tensor
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
-from ..relax.path import RelaxConfig, build_paths
 from .checks import check_edge_index, check_features, check_positions
 from .mlp import MLP
+
+VECTOR = o3.Irreps("1x1o")
 
 
 class EGNNConv(MessagePassing):
@@ -34,11 +37,8 @@ class EGNNConv(MessagePassing):
     :math:`\lVert\Delta_i\rVert`. :math:`h` and :math:`a_{ij}` are invariant, so :math:`h'` is
     E(3)-invariant and :math:`x'` E(3)-equivariant (translations included).
 
-    With ``relax`` set, the updates get relaxation paths (:mod:`relaxgnn.relax`) that see
-    :math:`u_i = [h_i \Vert x_i \Vert v_i]` (positions and velocities as plain numbers):
-    :math:`h_i' \mathrel{+}= \theta\, g_h(u_i)` (target ``"features"``) and
-    :math:`\Delta_i \mathrel{+}= \theta\, g_x(u_i)` (target ``"coords"``). At θ = 0 they are
-    not evaluated.
+    ``relax=`` attaches the default relaxation placement (:meth:`relaxation_placement`) with
+    :func:`relaxgnn.relax.attach`; the layer itself has no relaxation code.
 
     Args:
         in_channels: width of :math:`h`.
@@ -49,9 +49,11 @@ class EGNNConv(MessagePassing):
         update_coords: compute :math:`x'`; otherwise :math:`x' = x`.
         update_features: compute :math:`h'`; otherwise :math:`h' = h` (the last layer of a
             model that predicts positions needs no :math:`\phi_h`).
-        relax: relaxation paths (a :class:`~relaxgnn.relax.RelaxConfig`, ``"linear"``,
-            ``"mlp"`` or ``None``).
+        relax: shorthand for attaching :meth:`relaxation_placement` (a path kind, a mapping of
+            :class:`~relaxgnn.relax.RelaxConfig` fields, or ``None``).
     """
+
+    irreps_pos = irreps_vel = VECTOR
 
     def __init__(
         self,
@@ -68,7 +70,7 @@ class EGNNConv(MessagePassing):
         coord_range: float = 15.0,
         coord_clamp: float | None = 100.0,
         eps: float = 1e-8,
-        relax: RelaxConfig | str | None = None,
+        relax: str | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(aggr="sum")
         if coord_aggr not in ("mean", "sum"):
@@ -89,31 +91,50 @@ class EGNNConv(MessagePassing):
         self.coord_range = coord_range
         self.coord_clamp = coord_clamp
         self.eps = eps
+        # how the arguments and outputs transform (read by equivariance tools and relaxation)
+        self.irreps_in = o3.Irreps(f"{in_channels}x0e")
+        self.irreps_out = (o3.Irreps(f"{self.out_channels}x0e"), VECTOR)
         H = hidden_channels
         self.edge_mlp = MLP([2 * in_channels + 1 + edge_dim, H, H], act_last=True)
         self.node_mlp = MLP([in_channels + H, H, self.out_channels]) if update_features else None
         self.coord_mlp = MLP([H, H, 1], last_bias=False, last_gain=1e-3) if update_coords else None
         self.vel_mlp = MLP([in_channels, H, 1]) if velocity and update_coords else None
-        self.relax = RelaxConfig.parse(relax)
-        offered = [t for t, on in (("features", update_features), ("coords", update_coords)) if on]
-        path_in = f"{in_channels}x0e"
-        position_columns: tuple[int, ...] = ()
-        if self.relax is not None and self.relax.positions:
-            path_in, position_columns = path_in + "+1x1o", (in_channels,)
-        if velocity:
-            path_in += "+1x1o"
-        outputs = {"features": f"{self.out_channels}x0e", "coords": "1x1o"}
-        paths = build_paths(self.relax, {
-            f"relax_{t}": (path_in, outputs[t], position_columns) for t in offered
-            if self.relax is not None and self.relax.wants(t, offered)})
-        self.relax_features = paths.get("relax_features")
-        self.relax_coords = paths.get("relax_coords")
         self.reset_parameters()
+        self.relax = relax
+        if relax is not None:
+            from ..relax.attach import attach, resolve_placement
+
+            attach(self, resolve_placement(relax, self.relaxation_placement))
+
+    def relaxation_placement(self, relax: Any = "linear") -> dict[str, Any]:
+        r"""Relaxation paths in the node and coordinate updates, on the layer's output:
+
+        .. math::
+            h_i' \mathrel{+}= \theta\, g_h(u_i)\ \text{(target ``"features"``)},\qquad
+            x_i' \mathrel{+}= \theta\, g_x(u_i)\ \text{(target ``"coords"``)},\qquad
+            u_i = [h_i \Vert x_i \Vert v_i]
+
+        (positions and velocities as plain numbers; :math:`x_i` only with the config's
+        ``positions``, the default); the paths are named ``features`` and ``coords``. The
+        coordinate path is added after the layer's ``coord_clamp``, so it is not clamped away.
+        Paths on ``node_mlp``/``coord_mlp`` themselves would read only invariants
+        (:math:`h, m, \lVert r\rVert^2`) and could break no symmetry, so the paths read the
+        layer's inputs instead."""
+        from ..relax import RelaxConfig
+
+        config = RelaxConfig.parse(relax)
+        positions = config.positions is None or config.positions
+        inputs = ("x",) + (("pos",) if positions else ()) + (("vel",) if self.velocity else ())
+        offered = [t for t, on in (("features", self.node_mlp is not None),
+                                   ("coords", self.coord_mlp is not None)) if on]
+        paths = [config.replace(inputs=inputs, output=k, name=t)
+                 for k, t in enumerate(("features", "coords"))
+                 if t in offered and config.wants(t, offered)]
+        return {"": paths} if paths else {}
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        for module in (self.edge_mlp, self.node_mlp, self.coord_mlp, self.vel_mlp,
-                       self.relax_features, self.relax_coords):
+        for module in (self.edge_mlp, self.node_mlp, self.coord_mlp, self.vel_mlp):
             if module is not None:
                 module.reset_parameters()
 
@@ -144,27 +165,17 @@ class EGNNConv(MessagePassing):
         dist2 = rel.pow(2).sum(-1, keepdim=True)
         feats = [x[i], x[j], dist2] + ([edge_attr] if self.edge_dim else [])
         m = self.edge_mlp(torch.cat(feats, -1))
-        u = self._path_input(x, pos, vel)
         h_out = x
         if self.node_mlp is not None:
             m_i = scatter(m, i, dim=0, dim_size=N, reduce="sum")
             h_out = self.node_mlp(torch.cat([x, m_i], -1))
             if self.out_channels == self.in_channels:
                 h_out = h_out + x
-            if u is not None and self.relax_features is not None and self.relax_features.active:
-                h_out = h_out + self.relax_features(u)
         if self.coord_mlp is None:
             return h_out, pos
-        return h_out, pos + self._coord_update(x, pos, rel, dist2, m, i, vel, u)
+        return h_out, pos + self._coord_update(x, pos, rel, dist2, m, i, vel)
 
-    def _path_input(self, x: Tensor, pos: Tensor, vel: Tensor | None) -> Tensor | None:
-        r""":math:`u_i = [h_i \Vert x_i \Vert v_i]` when some path is active, else ``None``."""
-        if not any(p is not None and p.active for p in (self.relax_features, self.relax_coords)):
-            return None
-        parts = [x] + ([pos] if self.relax.positions else []) + ([vel] if self.velocity else [])
-        return torch.cat(parts, -1)
-
-    def _coord_update(self, x, pos, rel, dist2, m, i, vel, u) -> Tensor:
+    def _coord_update(self, x, pos, rel, dist2, m, i, vel) -> Tensor:
         N = pos.shape[0]
         if self.normalize:
             rel = rel / (dist2.sqrt() + self.eps)
@@ -177,8 +188,6 @@ class EGNNConv(MessagePassing):
             delta = delta * torch.clamp(self.coord_clamp / (norm + self.eps), max=1.0)
         if self.vel_mlp is not None:
             delta = delta + self.vel_mlp(x) * vel
-        if u is not None and self.relax_coords is not None and self.relax_coords.active:
-            delta = delta + self.relax_coords(u)
         return delta
 
     def __repr__(self) -> str:

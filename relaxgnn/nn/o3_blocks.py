@@ -116,6 +116,7 @@ class O3TensorProductGate(nn.Module):
         self.silu_scale, self.sigmoid_scale = _second_moment_constants()
         gates = o3.Irreps(f"{gated.num_irreps}x0e") if gated.num_irreps else o3.Irreps("")
         self.tp = O3TensorProduct(irreps_in1, irreps_in2, (scalars + gates).simplify() + gated)
+        self.irreps_in1, self.irreps_in2 = self.tp.irreps_in1, self.tp.irreps_in2
 
     def reset_parameters(self) -> None:
         self.tp.reset_parameters()

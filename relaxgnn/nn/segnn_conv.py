@@ -2,15 +2,15 @@ r"""Steerable E(3)-equivariant graph convolution (Brandstetter et al., ICLR 2022
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from torch_geometric.nn import MessagePassing
 
-from ..relax.path import RelaxConfig, build_paths
 from ..symmetry.irreps import IrrepsLike, as_irreps
-from .checks import check_edge_index, check_features, check_positions
+from .checks import check_edge_index, check_features
 from .o3_blocks import O3TensorProduct, O3TensorProductGate
 
 
@@ -43,10 +43,8 @@ class SEGNNConv(MessagePassing):
     matrix products on the nodes' rows instead of the edges' (see
     :mod:`relaxgnn.nn.o3_tensor_product`). Messages are aggregated by PyG's ``aggr``.
 
-    With ``relax`` set, the update gets a relaxation path (:mod:`relaxgnn.relax`, target
-    ``"update"``) that sees :math:`u_i = [h_i \Vert a_i \Vert x_i]` as plain numbers
-    (:math:`x_i` only if the config's ``positions``): :math:`h_i' \mathrel{+}= \theta\,
-    g(u_i)`. At θ = 0 it is not evaluated.
+    ``relax=`` attaches the default relaxation placement (:meth:`relaxation_placement`, the
+    paper's) with :func:`relaxgnn.relax.attach`; the layer itself has no relaxation code.
 
     Args:
         irreps_in: irreps of :math:`h`.
@@ -58,9 +56,11 @@ class SEGNNConv(MessagePassing):
             ``lmax``; default ``lmax = 1``).
         edge_feature_dim: number of invariant edge features :math:`e_{ij}` (``0`` for none).
         aggr: ``"sum"`` or ``"mean"`` over neighbours.
-        relax: relaxation path (a :class:`~relaxgnn.relax.RelaxConfig`, ``"linear"``,
-            ``"mlp"`` or ``None``).
+        relax: shorthand for attaching :meth:`relaxation_placement` (a path kind, a mapping of
+            :class:`~relaxgnn.relax.RelaxConfig` fields, or ``None``).
     """
+
+    irreps_pos = as_irreps("1x1o")  # how the `pos` argument transforms
 
     def __init__(
         self,
@@ -70,7 +70,7 @@ class SEGNNConv(MessagePassing):
         irreps_attr: IrrepsLike = "1x0e+1x1o",
         edge_feature_dim: int = 1,
         aggr: Literal["sum", "mean"] = "sum",
-        relax: RelaxConfig | str | None = None,
+        relax: str | Mapping[str, Any] | None = None,
     ) -> None:
         if aggr not in ("sum", "mean"):
             raise ValueError(f"aggr must be 'sum' or 'mean', got {aggr!r}")
@@ -81,7 +81,7 @@ class SEGNNConv(MessagePassing):
         self.irreps_out = as_irreps(irreps_out if irreps_out is not None else irreps_in)
         self.irreps_hidden = as_irreps(irreps_hidden if irreps_hidden is not None
                                        else self.irreps_out)
-        self.irreps_attr = as_irreps(irreps_attr)
+        self.irreps_attr = self.irreps_node_attr = self.irreps_edge_attr = as_irreps(irreps_attr)
         self.edge_feature_dim = edge_feature_dim
         edge_in = self.irreps_in + self.irreps_in
         if edge_feature_dim:
@@ -92,21 +92,43 @@ class SEGNNConv(MessagePassing):
         self.update_layer_1 = O3TensorProductGate(self.irreps_in + H, A, H)
         self.update_layer_2 = O3TensorProduct(H, A, self.irreps_out)
         self.residual = self.irreps_in == self.irreps_out
-        self.relax = RelaxConfig.parse(relax)
-        with_pos = self.relax is not None and self.relax.positions
-        path_in = self.irreps_in + A + (as_irreps("1x1o") if with_pos else as_irreps(""))
-        columns = (self.irreps_in.dim + A.dim,) if with_pos else ()
-        wanted = self.relax is not None and self.relax.wants("update", ["update"])
-        self.relax_update = build_paths(self.relax if wanted else None,
-                                        {"update": (path_in, self.irreps_out, columns)})["update"]
         self.reset_parameters()
+        self.relax = relax
+        if relax is not None:
+            from ..relax.attach import attach, resolve_placement
+
+            attach(self, resolve_placement(relax, self.relaxation_placement))
+
+    def relaxation_placement(self, relax: Any = "linear") -> dict[str, Any]:
+        r"""Where the relaxation paper puts the paths (Pertigkiozoglou et al. 2024, and ACE's
+        SEGNN): inside both update layers, on their first input,
+
+        .. math::
+            u_i = \sigma\big(\tilde W^{(3)}_{a_i}[h_i \Vert m_i]\big)
+                  + \theta\, g_1([h_i \Vert m_i]),\qquad
+            h_i' = h_i + \tilde W^{(4)}_{a_i} u_i + \theta\, g_2(u_i),
+
+        so the first path sees the aggregated message :math:`m_i`. ``relax`` is a path kind or
+        :class:`~relaxgnn.relax.RelaxConfig` fields; its ``targets`` choose among
+        ``"update_layer_1"`` and ``"update_layer_2"``. These paths see no positions (the update
+        layers have none); for a path that does, place one on the layer itself, reading
+        ``x``, ``node_attr`` and ``pos``."""
+        from ..relax import RelaxConfig
+
+        config = RelaxConfig.parse(relax)
+        if config.positions:
+            raise ValueError("SEGNNConv's relaxation placement (the update layers, as in the "
+                             "paper) sees no positions; attach a path reading `pos` to the "
+                             "layer itself instead")
+        offered = ["update_layer_1", "update_layer_2"]
+        return {name: config.replace(inputs=("x1",)) for name in offered
+                if config.wants(name, offered)}
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
         for layer in (self.message_layer_1, self.message_layer_2, self.update_layer_1,
-                      self.update_layer_2, self.relax_update):
-            if layer is not None:
-                layer.reset_parameters()
+                      self.update_layer_2):
+            layer.reset_parameters()
 
     def forward(
         self,
@@ -125,7 +147,9 @@ class SEGNNConv(MessagePassing):
             node_attr: ``(N, irreps_attr.dim)`` node attributes :math:`a_i`.
             edge_attr: ``(E, irreps_attr.dim)`` edge attributes :math:`a_{ij}`.
             edge_feat: ``(E, edge_feature_dim)`` invariant edge features :math:`e_{ij}`.
-            pos: ``(N, 3)`` positions, read only by an active relaxation path that sees them.
+            pos: ``(N, 3)`` positions. Not used by the layer (it sees geometry through the
+                attributes); an argument so that a relaxation path placed on the layer can read
+                them.
         """
         N = x.shape[0] if isinstance(x, Tensor) and x.dim() > 0 else 0
         x = check_features(x, "x", N, self.irreps_in.dim)
@@ -147,13 +171,6 @@ class SEGNNConv(MessagePassing):
         h = self.update_layer_2(h, node_attr)
         if self.residual:
             h = h + x
-        if self.relax_update is not None and self.relax_update.active:
-            parts = [x, node_attr]
-            if self.relax.positions:
-                if pos is None:
-                    raise ValueError("this SEGNNConv's relaxation path sees positions: pass `pos`")
-                parts.append(check_positions(pos))
-            h = h + self.relax_update(torch.cat(parts, -1))
         return h
 
     def __repr__(self) -> str:

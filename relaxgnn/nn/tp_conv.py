@@ -2,6 +2,9 @@ r"""NequIP interaction block (Batzner et al., Nat. Commun. 2022) as a PyG layer.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from e3nn import o3
 from e3nn.nn import FullyConnectedNet, Gate
@@ -10,7 +13,6 @@ from torch_geometric.nn import MessagePassing
 
 from ..data.graphs import edge_vectors
 from ..dtype import ExactWigner3j
-from ..relax.path import RelaxConfig, build_paths
 from ..symmetry.irreps import IrrepsLike, as_irreps
 from .checks import check_edge_index, check_features, check_positions
 from .radial import BesselBasis, PolynomialCutoff
@@ -53,10 +55,8 @@ class TensorProductConv(MessagePassing, ExactWigner3j):
     reached from ``irreps_in`` (⊗ ``irreps_node_attr``). Unlike NequIP, it is added after the gate
     (a residual), not before.
 
-    With ``relax`` set, the update gets a relaxation path (:mod:`relaxgnn.relax`, target
-    ``"update"``) that sees :math:`u_i = [h_i \Vert a_i \Vert x_i]` as plain numbers
-    (:math:`a_i` when given, :math:`x_i` if the config's ``positions``):
-    :math:`h_i' \mathrel{+}= \theta\, g(u_i)`. At θ = 0 it is not evaluated.
+    ``relax=`` attaches the default relaxation placement (:meth:`relaxation_placement`) with
+    :func:`relaxgnn.relax.attach`; the layer itself has no relaxation code.
 
     Edges with :math:`\lVert r_{ij}\rVert \ge` ``cutoff`` contribute exactly 0 (the envelope),
     so the graph's own cutoff (e.g. :class:`~relaxgnn.data.graphs.RadiusGraph`) should match
@@ -77,9 +77,11 @@ class TensorProductConv(MessagePassing, ExactWigner3j):
         radial_layers: hidden layers of the radial MLP.
         avg_num_neighbors: :math:`\bar n`, the typical number of neighbours of a node.
         irreps_node_attr: irreps of :math:`a_i` for the self-connection (``None``: no attributes).
-        relax: relaxation path (a :class:`~relaxgnn.relax.RelaxConfig`, ``"linear"``,
-            ``"mlp"`` or ``None``).
+        relax: shorthand for attaching :meth:`relaxation_placement` (a path kind, a mapping of
+            :class:`~relaxgnn.relax.RelaxConfig` fields, or ``None``).
     """
+
+    irreps_pos = o3.Irreps("1x1o")  # how the `pos` argument transforms
 
     def __init__(
         self,
@@ -92,7 +94,7 @@ class TensorProductConv(MessagePassing, ExactWigner3j):
         radial_layers: int = 2,
         avg_num_neighbors: float = 1.0,
         irreps_node_attr: IrrepsLike | None = None,
-        relax: RelaxConfig | str | None = None,
+        relax: str | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(aggr="sum")
         if avg_num_neighbors <= 0:
@@ -145,23 +147,35 @@ class TensorProductConv(MessagePassing, ExactWigner3j):
             sc = o3.FullyConnectedTensorProduct(self.irreps_in, self.irreps_node_attr,
                                                 self.irreps_out)
         self.sc = sc if sc.weight_numel > 0 else None
-        self.relax = RelaxConfig.parse(relax)
-        path_in = self.irreps_in + (self.irreps_node_attr or o3.Irreps(""))
-        columns: tuple[int, ...] = ()
-        if self.relax is not None and self.relax.positions:
-            path_in, columns = path_in + o3.Irreps("1x1o"), (path_in.dim,)
-        wanted = self.relax is not None and self.relax.wants("update", ["update"])
-        self.relax_update = build_paths(self.relax if wanted else None,
-                                        {"update": (path_in, self.irreps_out, columns)})["update"]
         self.reset_parameters()
         self._keep_wigner_3j_exact()
+        self.relax = relax
+        if relax is not None:
+            from ..relax.attach import attach, resolve_placement
+
+            attach(self, resolve_placement(relax, self.relaxation_placement))
+
+    def relaxation_placement(self, relax: Any = "linear") -> dict[str, Any]:
+        r"""An Equiformer-style path in the node update (the relaxation paper's MD model adds
+        :math:`\theta\,\mathrm{MLP}([h_i \Vert a_i \Vert x_i])` to its feed-forward update),
+        on the layer's output:
+
+        .. math::
+            h_i' \mathrel{+}= \theta\, g([h_i \Vert a_i \Vert x_i])
+
+        (target ``"update"``; :math:`a_i` when the layer has node attributes, :math:`x_i` with
+        the config's ``positions``, the default)."""
+        from ..relax import RelaxConfig
+
+        config = RelaxConfig.parse(relax)
+        inputs = ("x",) + (("node_attr",) if self.irreps_node_attr is not None else ()) + \
+            (("pos",) if config.positions is None or config.positions else ())
+        return {"": config.replace(inputs=inputs)} if config.wants("update", ["update"]) else {}
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
         self.basis.reset_parameters()
         reset_e3nn(self)
-        if self.relax_update is not None:
-            self.relax_update.reset_parameters()
 
     def forward(
         self,
@@ -190,10 +204,6 @@ class TensorProductConv(MessagePassing, ExactWigner3j):
         out = self.gate(self.linear_2(agg / self.avg_num_neighbors**0.5))
         if self.sc is not None:
             out = out + (self.sc(x) if self.irreps_node_attr is None else self.sc(x, node_attr))
-        if self.relax_update is not None and self.relax_update.active:
-            parts = [x] + ([node_attr] if self.irreps_node_attr is not None else [])
-            parts += [pos] if self.relax.positions else []
-            out = out + self.relax_update(torch.cat(parts, -1))
         return out
 
     def message(self, x_j: Tensor, sh: Tensor, weight: Tensor) -> Tensor:

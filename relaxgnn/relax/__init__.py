@@ -1,8 +1,11 @@
-"""Constraint relaxation: paths, θ schedules, Lie-derivative penalties and projection."""
+"""Constraint relaxation: paths attached to any module, θ schedules, Lie-derivative penalties,
+the controller that owns θ, and projection."""
 
-from .controller import Relaxation, find_paths, path_penalties, project
+from .attach import RelaxationPaths, attach, find_paths, project
+from .controller import Relaxation
 from .lie import lie_derivative, translation_derivative
-from .path import RelaxationPath, RelaxConfig, build_paths
+from .path import RelaxationPath, RelaxationWarning, RelaxConfig
+from .penalties import linear_penalties, path_penalties
 from .schedules import SCHEDULES, Constant, CosineDecay, LinearDecay, Schedule, Step, Triangle
 
 __all__ = [
@@ -13,12 +16,15 @@ __all__ = [
     "RelaxConfig",
     "Relaxation",
     "RelaxationPath",
+    "RelaxationPaths",
+    "RelaxationWarning",
     "Schedule",
     "Step",
     "Triangle",
-    "build_paths",
+    "attach",
     "find_paths",
     "lie_derivative",
+    "linear_penalties",
     "path_penalties",
     "project",
     "translation_derivative",

@@ -1,128 +1,36 @@
-r"""The controller of a relaxed model: finds its paths, sets θ from a schedule, sums the
-penalties, reports per-block numbers, and projects the model back to an exactly equivariant one.
+r"""The controller of a relaxed model, the one owner of θ: it finds the model's paths, sets θ
+from a schedule, records the inputs the paths see, sums their penalties, reports per-block
+numbers, and projects the model back to an exactly equivariant one.
 
-Penalty (per block :math:`b`, on the inputs :math:`X_b` its path saw in the last forward pass,
-detached so that only the path is trained by it):
+Penalty, per block :math:`b` on the inputs :math:`X_b` its path saw inside :meth:`Relaxation.record`
+(terms in :mod:`relaxgnn.relax.penalties`):
 
 .. math::
-    P = \sum_b \Big[\lambda_L \sqrt{\textstyle\sum_{x \in X_b} \sum_k \lVert L_k g_b(x)\rVert^2
-                                    + \lVert L^{T}_k g_b(x)\rVert^2}
-        + \lambda_N \sqrt{\textstyle\sum_{x \in X_b} \lVert g_b(x)\rVert^2}
-        + \lambda_R \sqrt{\textstyle\sum_{x \in X_b}
-              \lVert g_b(D_{in}(P) x) - D_{out}(P)\, g_b(x)\rVert^2}\Big]
+    P = \sum_b \lambda_L\, \text{lie}_b + \lambda_N\, \text{norm}_b
+        + \lambda_R\, \text{reflection}_b,
 
-with :math:`L_k` the rotation Lie derivatives (:func:`~relaxgnn.relax.lie_derivative`),
-:math:`L^T_k` the translation derivatives where the path sees absolute positions, and
-:math:`P` a random reflection (O(3) models, optional). With :math:`\lambda_L = \lambda_N = \lambda`
-this is the paper's :math:`\lambda(\sqrt{\sum\lVert Lg\rVert^2} + \sqrt{\sum\lVert g\rVert^2})`.
+so that :math:`\lambda_L = \lambda_N = \lambda` is the paper's
+:math:`\lambda(\sqrt{\sum\lVert Lg\rVert^2} + \sqrt{\sum\lVert g\rVert^2})`.
 """
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import math
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..symmetry.group import random_reflection
-from ..symmetry.irreps import IrrepsLike, representation
-from .lie import (
-    generator_commutator,
-    lie_derivative,
-    linear_weight,
-    translation_derivative,
-    translation_tangents,
-)
+from .attach import find_paths, project
+from .lie import linear_weight
 from .path import RelaxationPath
+from .penalties import linear_penalties, path_penalties
 from .schedules import Schedule
-
-
-def find_paths(model: nn.Module) -> dict[str, RelaxationPath]:
-    """Every relaxation path inside ``model``, by module name."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, RelaxationPath)}
-
-
-def project(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every relaxation path removed: exactly equivariant, with no
-    extra parameters or cost. Its ``state_dict`` loads (``strict=True``) into the same
-    architecture built without relaxation, and its outputs equal ``model``'s at θ = 0."""
-    projected = copy.deepcopy(model)
-    for module in list(projected.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, RelaxationPath):
-                setattr(module, name, None)
-        if hasattr(module, "relax"):
-            module.relax = None
-    return projected
-
-
-def path_penalties(path: RelaxationPath, x: Tensor, reflection: Tensor | None = None
-                   ) -> dict[str, Tensor]:
-    """The unweighted penalty terms of one path on inputs ``x`` (detached)."""
-    x = x.detach()
-    W = linear_weight(path.g)
-    if W is not None:
-        terms = linear_penalties(W[None], x.reshape(1, -1, x.shape[-1]), path.irreps_in,
-                                 path.irreps_out, path.position_columns, reflection)
-        return {name: value[0] for name, value in terms.items()}
-    lie = lie_derivative(path.g, x, path.irreps_in, path.irreps_out).pow(2).sum()
-    if path.position_columns:
-        lie = lie + translation_derivative(path.g, x, path.position_columns).pow(2).sum()
-    terms = {"lie": _root(lie), "norm": _root(path.g(x).pow(2).sum())}
-    if reflection is not None:
-        D_in = representation(path.irreps_in, reflection).to(x)
-        D_out = representation(path.irreps_out, reflection).to(x)
-        diff = path.g(x @ D_in.T) - path.g(x) @ D_out.T
-        terms["reflection"] = _root(diff.pow(2).sum())
-    return terms
-
-
-def _root(squares: Tensor) -> Tensor:
-    r""":math:`\sqrt{s}` with gradient 0 rather than NaN where :math:`s = 0` (a path that is
-    exactly zero, e.g. zero-initialised, or an exactly equivariant one)."""
-    positive = squares > 0
-    return torch.where(positive, torch.where(positive, squares, 1.0).sqrt(), 0.0)
-
-
-def linear_penalties(
-    W: Tensor,
-    X: Tensor,
-    irreps_in: IrrepsLike,
-    irreps_out: IrrepsLike,
-    position_columns: Sequence[int] = (),
-    reflection: Tensor | None = None,
-) -> dict[str, Tensor]:
-    r"""The penalty terms of a batch of ``P`` linear paths :math:`g_p(x) = W_p x` with the same
-    irreps, each on its own inputs: ``W`` is ``(P, d_out, d_in)``, ``X`` is ``(P, N, d_in)``
-    (detached); every term is ``(P,)``.
-
-    Each term is :math:`\sum_x \lVert A x\rVert^2 = \operatorname{tr}(A S A^\top)` with the
-    Gram matrix :math:`S = X^\top X` and :math:`A = W` (norm), :math:`W\,d\rho_{in}(A_k) -
-    d\rho_{out}(A_k) W` (Lie derivatives), :math:`W D_{in}(P) - D_{out}(P) W` (reflection), so
-    the cost no longer grows with the batch, and a model's layers are done in one go. The
-    translation derivative :math:`W\tau_k` is the same for every :math:`x`. The same numbers as
-    :func:`lie_derivative` and :func:`translation_derivative` give per sample.
-    """
-    S = X.mT @ X
-
-    def squares(A: Tensor) -> Tensor:  # Σ_x |A x|² per path; round-off kept from going below 0
-        S_ = S.view(S.shape[0], *([1] * (A.dim() - 3)), *S.shape[1:])
-        return ((A @ S_) * A).flatten(1).sum(1).clamp_min(0.0)
-
-    lie = squares(generator_commutator(W, irreps_in, irreps_out))
-    if position_columns:
-        tangents = translation_tangents(X, position_columns)
-        lie = lie + X.shape[1] * (tangents @ W.mT).pow(2).flatten(1).sum(1)
-    terms = {"lie": _root(lie), "norm": _root(squares(W))}
-    if reflection is not None:
-        D_in = representation(irreps_in, reflection).to(W)
-        D_out = representation(irreps_out, reflection).to(W)
-        terms["reflection"] = _root(squares(W @ D_in - D_out @ W))
-    return terms
 
 
 class Relaxation:
@@ -132,13 +40,21 @@ class Relaxation:
 
         relax = Relaxation(model, LinearDecay(1.0, total_steps), lie_weight=0.01)
         for i, batch in enumerate(loader):
-            relax.step(i)
-            loss = task_loss(model(batch), batch) + relax.penalty()
+            relax.step(i)                       # θ from the schedule
+            with relax.record():                # the paths' inputs, for the penalty
+                prediction = model(batch)
+            loss = task_loss(prediction, batch) + relax.penalty()
             ...
         model = relax.project()
 
+    θ is owned here: the paths read it, nothing else sets it, and it is not part of the model's
+    ``state_dict`` (a relaxed model without its controller computes the plain model);
+    :meth:`state_dict` holds the schedule position. Creating a controller makes it the driver of
+    the model's paths (a previous controller of the same paths stops driving them).
+
     Args:
-        model: a model built with ``relax=...`` (it must contain relaxation paths).
+        model: a model with relaxation paths (built with ``relax=...``, or given paths with
+            :func:`~relaxgnn.relax.attach`).
         schedule: one :class:`~relaxgnn.relax.schedules.Schedule` for every path, or a mapping
             from glob patterns of path names (see :attr:`paths`) to schedules; each path takes
             the first pattern that matches it.
@@ -161,7 +77,7 @@ class Relaxation:
         if not self.paths:
             raise ValueError(
                 f"{type(model).__name__} has no relaxation paths: build it with relax='linear' "
-                "(or 'mlp', or a RelaxConfig) to relax it")
+                "(or 'mlp', or a placement), or give it paths with relaxgnn.relax.attach")
         for name, weight in (("lie_weight", lie_weight), ("norm_weight", norm_weight),
                              ("reflection_weight", reflection_weight)):
             if not math.isfinite(weight) or weight < 0:
@@ -172,6 +88,12 @@ class Relaxation:
         self.reflection_weight = float(reflection_weight)
         self.interval = interval
         self.schedules = self._assign(schedule)
+        self._recording: dict[str, list[Tensor]] | None = None
+        self._recorded: dict[str, list[Tensor]] | None = None
+        self._paused = False
+        self._names = {id(path): name for name, path in self.paths.items()}
+        for path in self.paths.values():
+            path._controller = weakref.ref(self)
         self.step_index = 0
         self.step(0)
 
@@ -191,6 +113,12 @@ class Relaxation:
             assigned[name] = match
         return assigned
 
+    def _check_driving(self) -> None:
+        if any(path.controller is not self for path in self.paths.values()):
+            raise RuntimeError("this Relaxation no longer drives the model's paths: another "
+                               "controller took them over, or it was closed")
+
+    # ------------------------------------------------------------------ θ
     @property
     def total_steps(self) -> int:
         """The longest schedule's length: after it every θ is 0."""
@@ -198,49 +126,114 @@ class Relaxation:
 
     def step(self, index: int) -> float:
         """Set every path's θ to its schedule's value at ``index``; returns the largest θ."""
+        self._check_driving()
         self.step_index = int(index)
+        self._paused = False
         for name, path in self.paths.items():
-            path.set_theta(self.schedules[name](self.step_index))
+            path._set_theta(self.schedules[name](self.step_index))
         return self.theta
 
     @property
     def theta(self) -> float:
         """The largest θ over the paths (the θ of the model when one schedule drives all)."""
-        return max(path._theta for path in self.paths.values())
+        return max(path.theta for path in self.paths.values())
 
     @property
     def thetas(self) -> dict[str, float]:
-        return {name: path._theta for name, path in self.paths.items()}
+        return {name: path.theta for name, path in self.paths.items()}
+
+    def pause(self) -> None:
+        """θ = 0 on every path until :meth:`resume` (or the next :meth:`step`): the model then
+        computes its projection (validation and test run like this)."""
+        self._check_driving()
+        self._paused = True
+        for path in self.paths.values():
+            path._set_theta(0.0)
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`: θ from the schedule at the current step again."""
+        if self._paused:
+            self.step(self.step_index)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """``with relax.paused(): ...`` runs the projected model (θ = 0) inside."""
+        was_paused = self._paused
+        self.pause()
+        try:
+            yield
+        finally:
+            if not was_paused:
+                self.resume()
+
+    def close(self) -> None:
+        """Stop driving the model: θ = 0 everywhere and the paths forget this controller (a
+        relaxed model without a controller computes its projection)."""
+        for path in self.paths.values():
+            if path.controller is self:
+                path._set_theta(0.0)
+                path._controller = None
+        self._recording = self._recorded = None
+
+    # ------------------------------------------------------------------ inputs and penalties
+    @contextmanager
+    def record(self) -> Iterator[Relaxation]:
+        """Record the inputs every active path sees in the forward passes inside the block (all
+        of them, if there are several); :meth:`penalty` and :meth:`metrics` then use exactly
+        these. Forward passes outside a recording (evaluation, monitoring) are not recorded."""
+        self._check_driving()
+        self._recording = {}
+        try:
+            yield self
+        finally:
+            self._recorded, self._recording = self._recording, None
+
+    def _record(self, path: RelaxationPath, x: Tensor) -> None:
+        if self._recording is not None:
+            self._recording.setdefault(self._names[id(path)], []).append(x.detach())
+
+    def inputs(self) -> dict[str, Tensor]:
+        """The inputs each active path saw in the current (or else the last) recording, by path
+        name: ``(rows, irreps_in.dim)``, detached, concatenated over the recorded passes."""
+        recorded = self._recording if self._recording is not None else self._recorded
+        active = [name for name, path in self.paths.items() if path.active]
+        if recorded is None:
+            if active:
+                raise RuntimeError(
+                    "Relaxation: no recorded forward pass. Run the model inside "
+                    "`with relax.record(): ...` before asking for the penalty or the metrics")
+            return {}
+        return {name: torch.cat(recorded[name]) if len(recorded[name]) > 1
+                else recorded[name][0] for name in active if recorded.get(name)}
 
     def _terms(self) -> dict[str, dict[str, Tensor]]:
         reflection = None
         if self.reflection_weight > 0:  # drawn from the step, so resumed runs repeat it
             reflection = random_reflection(self.step_index, dtype=torch.float64)
-        active = {name: path for name, path in self.paths.items()
-                  if path.active and path.last_input is not None}
+        inputs = self.inputs()
         terms: dict[str, dict[str, Tensor]] = {}
         batches: dict[tuple, list[str]] = {}  # linear paths of one shape: one batched call
-        for name, path in active.items():
+        for name, x in inputs.items():
+            path = self.paths[name]
             if linear_weight(path.g) is None:
-                terms[name] = path_penalties(path, path.last_input, reflection)
+                terms[name] = path_penalties(path, x, reflection)
             else:
-                x = path.last_input
                 key = (str(path.irreps_in), str(path.irreps_out), path.position_columns,
                        x.numel(), x.dtype, x.device)
                 batches.setdefault(key, []).append(name)
         for names in batches.values():
-            first = active[names[0]]
-            W = torch.stack([linear_weight(active[n].g) for n in names])
-            X = torch.stack([active[n].last_input.reshape(-1, W.shape[-1]) for n in names])
+            first = self.paths[names[0]]
+            W = torch.stack([linear_weight(self.paths[n].g) for n in names])
+            X = torch.stack([inputs[n].reshape(-1, W.shape[-1]) for n in names])
             batch = linear_penalties(W, X, first.irreps_in, first.irreps_out,
                                      first.position_columns, reflection)
             for i, name in enumerate(names):
                 terms[name] = {term: value[i] for term, value in batch.items()}
-        return {name: terms[name] for name in active}  # in the model's order
+        return {name: terms[name] for name in inputs}  # in the model's order
 
     def penalty(self) -> Tensor:
-        """The weighted penalty (module docstring) on the inputs of the last forward pass;
-        0 when θ = 0 everywhere (nothing is relaxed, nothing to penalise)."""
+        """The weighted penalty (module docstring) on the recorded inputs; 0 when θ = 0
+        everywhere (nothing is relaxed, nothing to penalise)."""
         total = None
         for terms in self._terms().values():
             value = self.lie_weight * terms["lie"] + self.norm_weight * terms["norm"]
@@ -248,16 +241,15 @@ class Relaxation:
                 value = value + self.reflection_weight * terms["reflection"]
             total = value if total is None else total + value
         if total is None:
-            param = next(iter(self.paths.values())).theta
-            return param.new_zeros(())
+            weight = next(next(iter(self.paths.values())).parameters())
+            return weight.new_zeros(())
         return total
 
     @torch.no_grad()
     def metrics(self, data: Any = None) -> dict[str, float]:
         """Numbers for a logger: θ, and per block the path's output norm ``…/path_norm`` and
-        Lie-derivative norm ``…/lie_derivative`` (unscaled by θ, on the last forward pass's
-        inputs); with ``data``, the model's equivariance errors ``equivariance/<check>`` at the
-        current θ."""
+        Lie-derivative norm ``…/lie_derivative`` (unscaled by θ, on the recorded inputs); with
+        ``data``, the model's equivariance errors ``equivariance/<check>`` at the current θ."""
         out: dict[str, float] = {"theta": self.theta}
         for name, terms in self._terms().items():
             out[f"{name}/path_norm"] = float(terms["norm"])
@@ -270,9 +262,11 @@ class Relaxation:
         return out
 
     def project(self) -> nn.Module:
-        """:func:`project` of the model (the controller's model is left as it is)."""
+        """:func:`~relaxgnn.relax.project` of the model (the controller's model is left as it
+        is)."""
         return project(self.model)
 
+    # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {"step_index": self.step_index, "thetas": self.thetas}
 
@@ -282,8 +276,8 @@ class Relaxation:
         self.step(int(state["step_index"]))
         saved = state.get("thetas", {})
         for name, theta in saved.items():
-            if name in self.paths and not math.isclose(self.paths[name]._theta, theta,
+            if name in self.paths and not math.isclose(self.paths[name].theta, theta,
                                                         rel_tol=1e-12, abs_tol=1e-15):
                 raise ValueError(f"schedule mismatch on resume: path {name!r} had θ={theta} at "
                                  f"step {self.step_index}, the schedule now gives "
-                                 f"{self.paths[name]._theta}")
+                                 f"{self.paths[name].theta}")

@@ -1,18 +1,25 @@
-r"""The relaxation path: an unconstrained map added to an equivariant block, scaled by θ.
+r"""The relaxation path: an unconstrained map added to a module's output, scaled by θ.
 
-A relaxed block computes :math:`f(x) = f_{eq}(x) + \theta\, g(x)`, where :math:`g` sees the
-block's input as a plain vector (its irreps flattened, plus absolute positions where the block
-has them) and may break every symmetry. At :math:`\theta = 0` the path is not evaluated at all,
-so the block computes exactly :math:`f_{eq}`.
+A relaxed module computes :math:`f(x) = f_{eq}(x) + \theta\, g(u)`, where :math:`u` is the
+module's input (the forward arguments the path reads, each flattened to its irreps' numbers,
+concatenated) and :math:`g` may break every symmetry. The path is attached from outside by a
+forward hook (:func:`~relaxgnn.relax.attach`); the module itself knows nothing of it. At
+:math:`\theta = 0` the path is not evaluated at all, so the module computes exactly
+:math:`f_{eq}`. θ belongs to the :class:`~relaxgnn.relax.Relaxation` controller that drives the
+path; a path without a controller has θ = 0.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import math
+import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from e3nn import o3
@@ -21,29 +28,64 @@ from torch import Tensor, nn
 from ..symmetry.irreps import IrrepsLike, as_irreps
 
 PathKind = Literal["linear", "mlp"]
+ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU}
+
+
+class RelaxationWarning(UserWarning):
+    """A relaxed model used in a way that makes its relaxation meaningless."""
 
 
 @dataclass(frozen=True)
 class RelaxConfig:
-    """How the blocks of a model are relaxed.
+    """What a relaxation path is and what it reads.
 
-    Attributes:
+    The path:
         kind: ``"linear"`` — a bias-free matrix with weights ``N(0, init_std²)`` (the paper's
-            choice) — or ``"mlp"`` — a SiLU MLP with ``layers`` hidden layers of width
-            ``hidden`` whose last layer starts at ``N(0, init_std²)`` with zero bias.
-        hidden, layers: the MLP's shape (ignored for ``"linear"``).
+            choice; its Lie derivative has a closed form) — or ``"mlp"`` — an MLP with
+            ``layers`` hidden layers of width ``hidden`` and ``activation`` whose last layer
+            starts at ``N(0, init_std²)`` with zero bias (ACE's branch is ``layers=2``,
+            ``activation="gelu"``).
+        hidden, layers, activation: the MLP's shape (ignored for ``"linear"``).
         init_std: standard deviation of the initial (last-layer) weights.
-        targets: which updates of each layer get a path (e.g. EGNN's ``("features",
-            "coords")``); ``None`` means all the layer offers.
-        positions: whether paths see absolute positions where the block has them.
+
+    Where it reads and writes (for :func:`~relaxgnn.relax.attach`):
+        inputs: the forward arguments of the module the path reads, by name or position
+            (``None``: the first argument). An argument given as a list of parts is
+            concatenated (gathered by the module's ``index`` argument when it has one, the
+            convention of :class:`~relaxgnn.nn.O3TensorProduct`).
+        irreps_in: irreps of the inputs: one irreps for a single input, or a mapping from input
+            name to irreps. ``None``: read from the module — ``irreps_<name>`` for the argument
+            ``<name>``, else ``irreps_in`` for its first argument and ``irreps_in1``,
+            ``irreps_in2``, … by position (e3nn's attributes).
+        irreps_out: irreps of what the path adds to (``None``: the module's ``irreps_out``, or
+            its element ``output`` when the module declares one irreps per output element).
+        output: for a module that returns a tuple, the element the path adds to.
+        name: the path's name after the module's (``"<module>.<name>"``; default
+            ``output<k>`` for a path on element ``k`` of a tuple output, else none), e.g.
+            EGNN's ``layers.0.features`` and ``layers.0.coords``.
+        translates: inputs that are absolute positions (``1x1o``, shifted by a translation of
+            the data): the penalty then has translation derivatives too.
+
+    Options of the default placements (``relax=`` on relaxgnn's layers and models):
+        targets: which of the placement's paths to build (e.g. EGNN's ``["coords"]``);
+            ``None``: all.
+        positions: whether the placement's paths see absolute positions where the module has
+            them (``None``: the placement's default).
     """
 
     kind: PathKind = "linear"
     hidden: int = 64
     layers: int = 1
+    activation: str = "silu"
     init_std: float = 1e-4
+    inputs: tuple[str | int, ...] | None = None
+    irreps_in: str | Mapping[str, str] | None = None
+    irreps_out: str | None = None
+    output: int | None = None
+    name: str | None = None
+    translates: tuple[str, ...] = ("pos",)
     targets: tuple[str, ...] | None = None
-    positions: bool = True
+    positions: bool | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("linear", "mlp"):
@@ -51,10 +93,31 @@ class RelaxConfig:
         if self.hidden < 1 or self.layers < 1:
             raise ValueError(f"an mlp path needs hidden >= 1 and layers >= 1, got "
                              f"hidden={self.hidden}, layers={self.layers}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; choose from "
+                             f"{sorted(ACTIVATIONS)}")
         if not (math.isfinite(self.init_std) and self.init_std >= 0):
             raise ValueError(f"init_std must be finite and >= 0, got {self.init_std}")
-        if self.targets is not None:
-            object.__setattr__(self, "targets", tuple(self.targets))
+        for name in ("inputs", "translates", "targets"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, (str, int)):
+                    value = (value,)
+                object.__setattr__(self, name, tuple(value))
+        if isinstance(self.irreps_in, Mapping):
+            object.__setattr__(self, "irreps_in", {str(k): str(v)
+                                                   for k, v in self.irreps_in.items()})
+        if self.output is not None and (isinstance(self.output, bool) or self.output < 0):
+            raise ValueError(f"output must be a non-negative index, got {self.output!r}")
+        if self.name is not None and not self.name.isidentifier():
+            raise ValueError(f"a path's name must be an identifier, got {self.name!r}")
+
+    @property
+    def suffix(self) -> str | None:
+        """What the path's name adds to its module's name."""
+        if self.name is not None:
+            return self.name
+        return None if self.output is None else f"output{self.output}"
 
     @classmethod
     def parse(cls, value: RelaxConfig | str | Mapping | bool | None) -> RelaxConfig | None:
@@ -78,31 +141,43 @@ class RelaxConfig:
         raise TypeError(f"relax must be None, a path kind, a mapping or RelaxConfig, got "
                         f"{type(value).__name__}")
 
+    def replace(self, **changes: Any) -> RelaxConfig:
+        return dataclasses.replace(self, **changes)
+
     def wants(self, target: str, offered: Sequence[str]) -> bool:
-        """Whether a layer offering ``offered`` updates relaxes ``target``."""
+        """Whether a placement offering ``offered`` paths builds ``target``."""
         if self.targets is None:
             return True
         unknown = set(self.targets) - set(offered)
         if unknown:
-            raise ValueError(f"relaxation targets {sorted(unknown)} are not offered by this layer "
-                             f"(it offers {list(offered)})")
+            raise ValueError(f"relaxation targets {sorted(unknown)} are not offered here "
+                             f"(offered: {list(offered)})")
         return target in self.targets
 
 
+@dataclass(frozen=True)
+class PathInput:
+    """One forward argument a path reads: its name, position and irreps."""
+
+    name: str
+    position: int
+    irreps: o3.Irreps
+
+
 class RelaxationPath(nn.Module):
-    r"""The path :math:`x \mapsto \theta\, g(x)` from ``irreps_in`` to ``irreps_out``.
+    r"""The path :math:`u \mapsto \theta\, g(u)` from ``irreps_in`` to ``irreps_out``.
 
     The unscaled map :math:`g` is the submodule ``g``: a bias-free ``nn.Linear`` (so that Lie
-    derivatives take their closed form) or an ``nn.Sequential`` MLP.
-
-    ``position_columns`` lists where absolute positions (``1x1o``, translated with the data)
-    start in the input, for the translation part of the Lie-derivative penalty. θ is a
-    persistent buffer, so it is saved and restored with the model. Every forward pass with
-    θ ≠ 0 keeps a detached copy of its input for :meth:`~relaxgnn.relax.Relaxation.penalty`.
+    derivatives take their closed form) or an ``nn.Sequential`` MLP. ``position_columns`` lists
+    where absolute positions (``1x1o``, translated with the data) start in :math:`u`, for the
+    translation part of the penalty.
 
     Building or resetting a path draws no numbers from torch's global generator (its weights
     come from a generator seeded by the global state and ``salt``), so a relaxed model built
     with a given seed has the same equivariant weights as the plain model built with it.
+
+    Shapes:
+        ``forward``: ``(*, irreps_in.dim) -> (*, irreps_out.dim)``.
     """
 
     def __init__(
@@ -133,12 +208,14 @@ class RelaxationPath(nn.Module):
                 for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
                     layers.append(nn.Linear(a, b))
                     if k < len(sizes) - 2:
-                        layers.append(nn.SiLU())
+                        layers.append(ACTIVATIONS[self.config.activation]())
                 self.g = nn.Sequential(*layers)
-        self.register_buffer("theta", torch.zeros(()))
         self._theta = 0.0
-        self.last_input: Tensor | None = None
-        self.register_load_state_dict_post_hook(_sync_theta)
+        self._controller: weakref.ReferenceType | None = None
+        # set by attach: the module name, the arguments read, and the output element written
+        self.target = ""
+        self.inputs: tuple[PathInput, ...] = ()
+        self._signature: inspect.Signature | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -158,31 +235,120 @@ class RelaxationPath(nn.Module):
             nn.init.normal_(linears[-1].weight, 0.0, std, generator=gen)
             nn.init.zeros_(linears[-1].bias)
 
+    # ------------------------------------------------------------------ θ (the controller's)
+    @property
+    def theta(self) -> float:
+        """θ as the controller last set it (0 without a controller)."""
+        return self._theta
+
     @property
     def active(self) -> bool:
         """Whether θ ≠ 0 (a Python float: no device synchronisation)."""
         return self._theta != 0.0
 
-    def set_theta(self, theta: float) -> None:
-        theta = float(theta)
-        if not math.isfinite(theta) or theta < 0:
-            raise ValueError(f"theta must be a finite non-negative number, got {theta}")
-        self._theta = theta
-        self.theta.fill_(theta)
-        if theta == 0.0:
-            self.last_input = None
+    @property
+    def controller(self):
+        """The :class:`~relaxgnn.relax.Relaxation` that drives this path, or ``None``."""
+        return self._controller() if self._controller is not None else None
 
+    def _set_theta(self, theta: float) -> None:  # only the controller calls this
+        self._theta = float(theta)
+
+    # ------------------------------------------------------------------ evaluation
     def forward(self, x: Tensor) -> Tensor:
-        """:math:`\\theta\\, g(x)`; records ``x`` (detached) for the penalties."""
+        """:math:`\\theta\\, g(x)`."""
         if x.shape[-1] != self.irreps_in.dim:
-            raise ValueError(f"relaxation path expects {self.irreps_in.dim} input features "
-                             f"({self.irreps_in}), got {x.shape[-1]}")
-        self.last_input = x.detach()
+            raise ValueError(f"relaxation path{self._where()} expects {self.irreps_in.dim} input "
+                             f"features ({self.irreps_in}), got {x.shape[-1]}")
         return self._theta * self.g(x)
 
+    def _where(self) -> str:
+        return f" on `{self.target}`" if self.target else ""
+
+    def gather_input(self, module: nn.Module, args: tuple, kwargs: dict) -> Tensor:
+        """:math:`u`: the arguments this path reads from a call ``module(*args, **kwargs)``,
+        flattened and concatenated, ``(rows, irreps_in.dim)``."""
+        bound = self._signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        index = bound.arguments.get("index")
+        parts = []
+        for spec in self.inputs:
+            value = bound.arguments.get(spec.name)
+            if isinstance(value, (list, tuple)) and all(isinstance(v, Tensor) for v in value):
+                idx = list(index) if isinstance(index, (list, tuple)) else [None] * len(value)
+                value = torch.cat([v if i is None else v.index_select(0, i)
+                                   for v, i in zip(value, idx, strict=True)], -1)
+            if not isinstance(value, Tensor):
+                raise ValueError(f"the relaxation path on `{self.target}` reads the argument "
+                                 f"`{spec.name}`, which this call gave as "
+                                 f"{type(value).__name__}, not a tensor")
+            if value.dim() == 1 and spec.irreps.dim == 1:
+                value = value.unsqueeze(-1)
+            if value.dim() != 2 or value.shape[-1] != spec.irreps.dim:
+                raise ValueError(f"the relaxation path on `{self.target}` reads `{spec.name}` as "
+                                 f"{spec.irreps} ({spec.irreps.dim} features per row), got shape "
+                                 f"{tuple(value.shape)}")
+            parts.append(value)
+        rows = {p.shape[0] for p in parts}
+        if len(rows) > 1:
+            raise ValueError(f"the inputs {[s.name for s in self.inputs]} of the relaxation path "
+                             f"on `{self.target}` have different numbers of rows: "
+                             f"{[p.shape[0] for p in parts]}")
+        return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+
+    def hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        """The forward hook :func:`~relaxgnn.relax.attach` registers: adds
+        :math:`\\theta\\, g(u)` to the module's output (or to its element ``config.output``)."""
+        controller = self.controller
+        if controller is None:
+            _warn_if_trained(output)
+        if not self.active:
+            return output
+        u = self.gather_input(module, args, kwargs)
+        if controller is not None:
+            controller._record(self, u)
+        k = self.config.output
+        target = output if k is None else output[k]
+        delta = self(u)
+        if delta.shape != target.shape:
+            raise ValueError(f"the relaxation path on `{self.target}` gives shape "
+                             f"{tuple(delta.shape)} but the output it adds to has shape "
+                             f"{tuple(target.shape)}: check its irreps_out ({self.irreps_out}) "
+                             "and output index")
+        if k is None:
+            return target + delta
+        return (*output[:k], target + delta, *output[k + 1:])
+
     def extra_repr(self) -> str:
-        return (f"{self.irreps_in} -> {self.irreps_out}, kind={self.config.kind}, "
-                f"theta={self._theta:g}")
+        reads = ", ".join(s.name for s in self.inputs)
+        return (f"{self.irreps_in} -> {self.irreps_out}, kind={self.config.kind}"
+                + (f", reads=[{reads}]" if reads else "") + f", theta={self._theta:g}")
+
+
+_warned = [False]  # the training-without-controller warning is given once per process
+
+
+def _warn_if_trained(output: Any) -> None:
+    """Warn (once) when a backward pass goes through a relaxed module that no controller
+    drives: the model is being trained, and its paths never take part."""
+    if _warned[0] or not torch.is_grad_enabled():
+        return
+    tensors = [output] if isinstance(output, Tensor) else \
+        [t for t in output if isinstance(t, Tensor)] if isinstance(output, tuple) else []
+    tensor = next((t for t in tensors if t.requires_grad), None)
+    if tensor is None:
+        return
+
+    def warn(grad: Tensor) -> None:
+        if not _warned[0]:
+            _warned[0] = True
+            warnings.warn(
+                "a relaxed model is being trained without a relaxation controller: θ stays 0, "
+                "so its relaxation paths are never used. Drive them with "
+                "relaxgnn.relax.Relaxation (the Relax callback in a training config), or build "
+                "the model without relaxation.", RelaxationWarning, stacklevel=2)
+
+    tensor.register_hook(warn)
 
 
 def _own_generator(salt: int) -> torch.Generator:
@@ -193,21 +359,6 @@ def _own_generator(salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-def _sync_theta(module: RelaxationPath, _incompatible_keys) -> None:
-    module._theta = float(module.theta)
-
-
-def build_paths(
-    config: RelaxConfig | None,
-    specs: Mapping[str, tuple[IrrepsLike, IrrepsLike, Sequence[int]]],
-) -> dict[str, RelaxationPath | None]:
-    """Create the paths ``{name: (irreps_in, irreps_out, position_columns)}`` of one layer.
-
-    Building them consumes no global random numbers (see :class:`RelaxationPath`); each gets
-    its own ``salt`` so that paths built at the same point differ. Returns ``None`` for every
-    name when ``config`` is ``None``.
-    """
-    if config is None:
-        return dict.fromkeys(specs)
-    return {name: RelaxationPath(i, o, config, cols, salt=k)
-            for k, (name, (i, o, cols)) in enumerate(specs.items())}
+def name_salt(name: str) -> int:
+    """A stable salt for the path of the module ``name`` (paths built together differ)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:7], "little")

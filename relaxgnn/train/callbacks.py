@@ -92,7 +92,8 @@ class Relax(Callback):
             pl_module.log("theta", theta, prog_bar=True, batch_size=1)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit":
+        if stage == "fit" and self.controller is not None:
+            self.controller.close()  # θ = 0: what follows (test, predict) is the projection
             pl_module.relaxation = None
 
     def state_dict(self) -> dict[str, Any]:

@@ -29,7 +29,6 @@ from torch_geometric.data import Batch
 from ..models.forces import energy_and_forces
 from ..models.io import model_spec
 from ..models.pooling import pool
-from ..relax.controller import find_paths
 from ..symmetry import apply_orthogonal, random_rotation, representation
 
 Task = Literal["node", "graph", "energy_forces"]
@@ -208,33 +207,32 @@ class RelaxGNNModule(LightningModule):
             rotated[name] = (value.reshape(value.shape[0], -1) @ D.T).reshape(value.shape)
         return rotated
 
-    # validation, test and prediction always run the projected model: θ = 0 (paths skipped)
-    def _zero_theta(self) -> None:
-        self._saved_thetas = {path: path._theta for path in find_paths(self.model).values()}
-        for path in self._saved_thetas:
-            path.set_theta(0.0)
-
-    def _restore_theta(self) -> None:
-        for path, theta in getattr(self, "_saved_thetas", {}).items():
-            path.set_theta(theta)
-        self._saved_thetas = {}
-
+    # validation, test and prediction always run the projected model: the controller pauses
+    # (θ = 0, paths skipped); without a controller (test or predict from a checkpoint) θ is 0
     def on_validation_epoch_start(self) -> None:
-        self._zero_theta()
+        if self.relaxation is not None:
+            self.relaxation.pause()
 
     def on_validation_epoch_end(self) -> None:
-        self._restore_theta()
+        if self.relaxation is not None:
+            self.relaxation.resume()
 
     def on_test_epoch_start(self) -> None:
-        self._zero_theta()
+        if self.relaxation is not None:
+            self.relaxation.pause()
 
     def on_predict_epoch_start(self) -> None:
-        self._zero_theta()
+        if self.relaxation is not None:
+            self.relaxation.pause()
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         if self.hparams.random_rotation:
             batch = self._rotate(batch)
-        terms = self._losses(batch, training=True)
+        if self.relaxation is None:
+            terms = self._losses(batch, training=True)
+        else:
+            with self.relaxation.record():  # the inputs the penalty is evaluated on
+                terms = self._losses(batch, training=True)
         loss = terms["loss"]
         if self.relaxation is not None:
             penalty = self.relaxation.penalty()
