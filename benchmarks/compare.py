@@ -156,6 +156,12 @@ def _run_and_save(exp: Experiment, relaxed: bool, seed: int, args: argparse.Name
     os.replace(tmp, path)  # a killed run leaves no half-written result
 
 
+def _load_result(path: Path) -> dict:
+    result = json.loads(path.read_text())
+    result["val"] = {int(epoch): value for epoch, value in result["val"].items()}  # JSON keys
+    return result
+
+
 def _run_side_by_side(pending: list[tuple[bool, int]], args: argparse.Namespace) -> None:
     """Each pending run in its own process (this script with ``--only``), ``args.jobs`` at once."""
     logs = Path(args.out) / "logs"
@@ -199,8 +205,7 @@ def compare(exp: Experiment, args: argparse.Namespace, setting: str) -> str | No
     else:
         for relaxed, seed in pending:
             _run_and_save(exp, relaxed, seed, args)
-    results = [json.loads(_result_path(args, "relaxed" if r else "plain", s).read_text())
-               for r, s in grid]
+    results = [_load_result(_result_path(args, "relaxed" if r else "plain", s)) for r, s in grid]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plot_path = out / f"{exp.name}_val.png"

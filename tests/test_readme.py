@@ -11,3 +11,16 @@ def test_readme_layer_example_runs(capsys):
     exec(compile(blocks[0], "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "torch.Size([5, 3])" in out and "'rotation'" in out
+
+
+def test_readme_attach_example_runs(capsys):
+    """The `attach` example of the relaxation section: a user's e3nn block relaxed, penalised
+    and projected."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+              if "attach(" in b]
+    assert blocks, "README has no attach example"
+    namespace = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    assert "['lin', 'tp']" in capsys.readouterr().out
+    assert not any("relaxation_paths" in key for key in namespace["plain"].state_dict())

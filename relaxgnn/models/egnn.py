@@ -12,7 +12,7 @@ from torch_geometric.data import Data
 from ..nn.checks import trusted_inputs
 from ..nn.egnn_conv import EGNNConv
 from ..nn.mlp import MLP
-from ..relax.attach import attach, nested, resolve_placement
+from ..relax.attach import relax_layers
 from ..symmetry.irreps import as_irreps
 from ..symmetry.signature import Signature
 from .inputs import GraphInputs
@@ -105,11 +105,7 @@ class EGNN(nn.Module):
             None if output == "position" else MLP([hidden_channels, hidden_channels, out_channels])
         )
         self.relax = relax
-        placement = resolve_placement(relax, lambda config: {
-            k: v for i, layer in enumerate(self.layers)
-            for k, v in nested(f"layers.{i}", layer.relaxation_placement(config)).items()})
-        if placement:
-            attach(self, placement)
+        relax_layers(self, relax)
 
     def reset_parameters(self) -> None:
         self.embedding.reset_parameters()

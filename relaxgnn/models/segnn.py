@@ -16,7 +16,7 @@ from ..data.attributes import segnn_attributes
 from ..nn.checks import check_features, trusted_inputs
 from ..nn.o3_blocks import O3TensorProduct, O3TensorProductGate, balanced_irreps
 from ..nn.segnn_conv import SEGNNConv
-from ..relax.attach import attach, nested, resolve_placement
+from ..relax.attach import relax_layers
 from ..symmetry.irreps import IrrepsLike, as_irreps
 from ..symmetry.signature import Signature
 from .inputs import GraphInputs
@@ -143,11 +143,7 @@ class SEGNN(nn.Module):
             self.post_pool = None
             self.head = O3TensorProduct(H, A, self.irreps_out)
         self.relax = relax
-        placement = resolve_placement(relax, lambda config: {
-            k: v for i, layer in enumerate(self.layers)
-            for k, v in nested(f"layers.{i}", layer.relaxation_placement(config)).items()})
-        if placement:
-            attach(self, placement)
+        relax_layers(self, relax)
 
     def reset_parameters(self) -> None:
         for module in (self.embedding, *self.layers, self.pre_head, self.post_pool, self.head):

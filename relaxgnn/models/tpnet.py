@@ -12,7 +12,7 @@ from torch_geometric.data import Data
 
 from ..nn.checks import trusted_inputs
 from ..nn.tp_conv import TensorProductConv, reset_e3nn
-from ..relax.attach import attach, nested, resolve_placement
+from ..relax.attach import relax_layers
 from ..symmetry.irreps import IrrepsLike, as_irreps
 from ..symmetry.signature import Signature
 from .inputs import GraphInputs
@@ -146,11 +146,7 @@ class TPNet(nn.Module):
                          _keep(irreps, [ir for _, ir in self.irreps_out])])
         self.head = nn.Sequential(o3.Linear(irreps, mid), o3.Linear(mid, self.irreps_out))
         self.relax = relax
-        placement = resolve_placement(relax, lambda config: {
-            k: v for i, layer in enumerate(self.layers)
-            for k, v in nested(f"layers.{i}", layer.relaxation_placement(config)).items()})
-        if placement:
-            attach(self, placement)
+        relax_layers(self, relax)
 
     def reset_parameters(self) -> None:
         for layer in self.layers:

@@ -143,6 +143,19 @@ def nested(prefix: str, placement: Placement) -> dict[str, Any]:
     return {prefix + ("." + k if k else ""): v for k, v in placement.items()}
 
 
+def relax_layers(model: nn.Module, relax: PathSpec | Placement, layers: str = "layers"
+                 ) -> dict[str, RelaxationPath]:
+    """A model's ``relax=``: :func:`attach` its default placement — the
+    ``relaxation_placement`` of each layer in the ``nn.ModuleList`` ``model.<layers>`` — or the
+    explicit placement given (:func:`resolve_placement`). ``{}`` for ``relax=None``."""
+    def default(config: RelaxConfig) -> dict[str, Any]:
+        return {k: v for i, layer in enumerate(getattr(model, layers))
+                for k, v in nested(f"{layers}.{i}", layer.relaxation_placement(config)).items()}
+
+    placement = resolve_placement(relax, default)
+    return attach(model, placement) if placement else {}
+
+
 def _configs(placement: Placement) -> list[tuple[str, RelaxConfig]]:
     out = []
     for pattern, value in placement.items():
