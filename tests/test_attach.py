@@ -228,6 +228,10 @@ def test_training_a_relaxed_model_without_a_controller_warns_once(monkeypatch):
         warnings.simplefilter("always")
         with torch.no_grad():
             model(batch)  # evaluation: no warning
+        model.eval()
+        model(batch).sum().backward()  # e.g. forces by autograd in evaluation mode: no warning
+        model.train()
+        assert not caught
         for _ in range(3):
             model(batch).sum().backward()
     assert [w.category for w in caught] == [RelaxationWarning]

@@ -37,8 +37,10 @@ class EGNNConv(MessagePassing):
     :math:`\lVert\Delta_i\rVert`. :math:`h` and :math:`a_{ij}` are invariant, so :math:`h'` is
     E(3)-invariant and :math:`x'` E(3)-equivariant (translations included).
 
-    ``relax=`` attaches the default relaxation placement (:meth:`relaxation_placement`) with
-    :func:`relaxgnn.relax.attach`; the layer itself has no relaxation code.
+    How its arguments and outputs transform is declared as irreps (``irreps_in`` for ``x``,
+    ``irreps_pos``, ``irreps_vel``, and ``irreps_out`` per element of ``(h', x')``), which is
+    what :func:`relaxgnn.relax.attach` reads. ``relax=`` attaches the default relaxation
+    placement (:meth:`relaxation_placement`); the layer itself has no relaxation code.
 
     Args:
         in_channels: width of :math:`h`.

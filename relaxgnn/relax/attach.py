@@ -58,7 +58,7 @@ def _name(key: str) -> str:
 
 
 def attach(model: nn.Module, placement: Placement) -> dict[str, RelaxationPath]:
-    """Relax the submodules of ``model`` named by ``placement``: ``{glob pattern: config}``.
+    r"""Relax the submodules of ``model`` named by ``placement``: ``{glob pattern: config}``.
 
     Each module whose name (in ``model.named_modules()``) matches a pattern gets one path
     (``config`` as for :meth:`RelaxConfig.parse`: a kind, a mapping of fields or a
@@ -68,7 +68,7 @@ def attach(model: nn.Module, placement: Placement) -> dict[str, RelaxationPath]:
     that can be found neither on the module nor in the config are errors that name the module.
 
     The path reads the module's forward arguments (``config.inputs``, default the first) and
-    adds :math:`\theta\\, g(u)` to what the module returns, in a forward hook (it runs on
+    adds :math:`\theta\, g(u)` to what the module returns, in a forward hook (it runs on
     ``module(...)`` calls, not on other methods).
 
     Returns ``{name: path}`` of the new paths (the names :class:`~relaxgnn.relax.Relaxation`

@@ -189,8 +189,9 @@ class Relaxation:
             self._recorded, self._recording = self._recording, None
 
     def _record(self, path: RelaxationPath, x: Tensor) -> None:
-        if self._recording is not None:
-            self._recording.setdefault(self._names[id(path)], []).append(x.detach())
+        name = self._names.get(id(path))  # None for a copy of one of our paths (deepcopy)
+        if self._recording is not None and name is not None:
+            self._recording.setdefault(name, []).append(x.detach())
 
     def inputs(self) -> dict[str, Tensor]:
         """The inputs each active path saw in the current (or else the last) recording, by path

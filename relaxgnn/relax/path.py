@@ -300,7 +300,7 @@ class RelaxationPath(nn.Module):
         """The forward hook :func:`~relaxgnn.relax.attach` registers: adds
         :math:`\\theta\\, g(u)` to the module's output (or to its element ``config.output``)."""
         controller = self.controller
-        if controller is None:
+        if controller is None and module.training:
             _warn_if_trained(output)
         if not self.active:
             return output
@@ -329,8 +329,9 @@ _warned = [False]  # the training-without-controller warning is given once per p
 
 
 def _warn_if_trained(output: Any) -> None:
-    """Warn (once) when a backward pass goes through a relaxed module that no controller
-    drives: the model is being trained, and its paths never take part."""
+    """Warn (once) when a backward pass goes through a relaxed module in training mode that no
+    controller drives: the model is being trained, and its paths never take part. (Forces by
+    autograd in evaluation mode are no training.)"""
     if _warned[0] or not torch.is_grad_enabled():
         return
     tensors = [output] if isinstance(output, Tensor) else \
