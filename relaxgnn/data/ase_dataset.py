@@ -20,7 +20,13 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
-from .md17 import EnergyForceDataset, energy_factor
+from .md17 import (
+    EnergyForceDataset,
+    check_atomic_numbers,
+    check_finite,
+    check_real,
+    energy_factor,
+)
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -43,7 +49,10 @@ class ASEDataset(EnergyForceDataset):
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: naming the file and frame index, when a frame lacks its energy or forces.
+        IndexError: an int ``index`` past the last frame.
+        ValueError: naming the file, when ASE cannot read it (truncated or corrupt), and the
+            frame index (and atom) when a frame lacks its energy or forces, or has a
+            non-finite position, energy or force or an atomic number outside 1 to 118.
     """
 
     def __init__(
@@ -75,15 +84,20 @@ class ASEDataset(EnergyForceDataset):
                     f"{where} has no forces (no calculator result, arrays[{forces_key!r}] "
                     f"or data[{forces_key!r}])"
                 )
-            energy, force = np.asarray(energy, dtype=np.float64), np.asarray(force, np.float64)
+            energy, force = _as_real(energy, where, "energy"), _as_real(force, where, "forces")
             if energy.size != 1:
                 raise ValueError(f"{where}: energy must be one number, got shape {energy.shape}")
             if force.shape != (len(atoms), 3):
                 raise ValueError(
                     f"{where}: forces have shape {force.shape}, expected ({len(atoms)}, 3)"
                 )
-            numbers.append(atoms.numbers)
-            positions.append(atoms.positions)
+            z = check_atomic_numbers(atoms.numbers, where, "atomic numbers", ("atom",))
+            position = check_real(atoms.positions, where, "positions")
+            check_finite(position, where, "positions", ("atom",))
+            check_finite(energy.reshape(()), where, "energy", ())
+            check_finite(force, where, "forces", ("atom",))
+            numbers.append(z)
+            positions.append(position)
             energies.append(float(energy.reshape(())) * factor)
             forces.append(force * factor)
         if not energies:
@@ -94,11 +108,47 @@ class ASEDataset(EnergyForceDataset):
         return f"ASEDataset({len(self)}, path={str(self.path)!r})"
 
 
+def _as_real(value, where: str, field: str) -> np.ndarray:
+    """``value`` (a calculator result, ``info`` entry or database field) as a float64 array."""
+    try:
+        value = np.asarray(value)
+    except ValueError as err:  # ragged nested lists
+        raise ValueError(f"{where}: {field} must be a number or an array, got {value!r}") from err
+    if value.dtype.kind in "OUS":  # e.g. `energy=abc` of an extended XYZ comment line
+        raise ValueError(f"{where}: {field} must be a number, got {value.tolist()!r}")
+    return check_real(value, where, field)
+
+
+def _read(path: Path, fmt: str, index: int | slice) -> Atoms | list[Atoms]:
+    """``ase.io.read``, its errors on a truncated or corrupt file as one ``ValueError`` naming
+    the file (ASE raises XYZError, KeyError, RuntimeError, ... depending on the damage)."""
+    import ase.io
+
+    try:
+        return ase.io.read(str(path), index=index, format=fmt)
+    except StopIteration:  # an int index past the last frame
+        raise IndexError(f"{path}: frame {index} is out of range (the file ends before)") from None
+    except Exception as err:
+        raise ValueError(
+            f"{path}: cannot be read as {fmt} (truncated or corrupt?): {type(err).__name__}: {err}"
+        ) from err
+
+
+def _rows(path: Path, fmt: str) -> list:
+    """All rows of an ASE database; errors of a corrupt database as a ``ValueError`` naming it."""
+    import ase.db
+
+    try:
+        return list(ase.db.connect(str(path), type=fmt).select())
+    except Exception as err:  # sqlite3.DatabaseError, json.JSONDecodeError, ...
+        raise ValueError(
+            f"{path}: cannot be read as {fmt} (truncated or corrupt?): {type(err).__name__}: {err}"
+        ) from err
+
+
 def _frames(path: Path, index, format: str | None) -> Iterator[tuple[int, Atoms, dict]]:
     """``(frame number in the file, atoms, database row data)`` of the selected frames."""
-    import ase.db  # imported here: relaxgnn imports without ASE
-    import ase.io
-    from ase import Atoms
+    from ase import Atoms  # imported here: relaxgnn imports without ASE
     from ase.io.formats import UnknownFileTypeError, filetype, string2index
 
     try:
@@ -107,17 +157,17 @@ def _frames(path: Path, index, format: str | None) -> Iterator[tuple[int, Atoms,
         raise ValueError(f"{path}: unknown file format ({err}); pass `format`") from None
     selection = string2index(index) if isinstance(index, str) else index
     if fmt in _DB_FORMATS:
-        rows = list(ase.db.connect(str(path), type=fmt).select())
+        rows = _rows(path, fmt)
         for i in _select(range(len(rows)), selection, path):
             yield i, rows[i].toatoms(), dict(rows[i].get("data", {}))
         return
     numbering = _forward_numbering(selection)
     if numbering is None:  # negative or reversed selections need the frame count: read all
-        frames = ase.io.read(str(path), index=":", format=fmt)
+        frames = _read(path, fmt, slice(None))
         for i in _select(range(len(frames)), selection, path):
             yield i, frames[i], {}
         return
-    frames = ase.io.read(str(path), index=selection, format=fmt)
+    frames = _read(path, fmt, selection)
     frames = [frames] if isinstance(frames, Atoms) else frames
     for i, atoms in zip(numbering, frames, strict=False):
         yield i, atoms, {}

@@ -17,6 +17,8 @@ Every frame becomes ``Data(z, pos, energy, forces)``: ``z`` ``(N,)`` long, ``pos
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,6 +32,11 @@ from .splits import resolve_index
 
 ENERGY_UNITS = ("eV", "meV", "kcal/mol", "kJ/mol", "Hartree")
 """Energy units understood by the loaders; forces are in the energy unit per Å."""
+MAX_ATOMIC_NUMBER = 118
+"""The largest atomic number a loader accepts (oganesson)."""
+
+# what numpy / zipfile raise on a truncated or corrupt .npz (missing files are checked first)
+_NPZ_ERRORS = (OSError, EOFError, ValueError, TypeError, zipfile.BadZipFile, zlib.error)
 
 
 # (MD17 key, rMD17 key) of each field
@@ -39,6 +46,51 @@ _NPZ_KEYS = {
     "energies": ("E", "energies"),
     "forces": ("F", "forces"),
 }
+
+
+def check_real(values, where: str, field: str) -> np.ndarray:
+    """``values`` as a float64 array; ``ValueError`` naming ``where`` and ``field`` when they are
+    not real numbers (strings, complex, booleans are not cast silently)."""
+    array = np.asarray(values)
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ValueError(f"{where}: {field} must be real numbers, got dtype {array.dtype}")
+    return array.astype(np.float64)
+
+
+def check_finite(array: np.ndarray, where: str, field: str, axes: Sequence[str]) -> None:
+    """``ValueError`` at the first NaN or infinity of ``array``, naming ``where``, its position
+    along ``axes`` (e.g. ``("frame", "atom")``; trailing axes such as x, y, z are not named)
+    and ``field``."""
+    bad = np.argwhere(~np.isfinite(array))
+    if len(bad):
+        first = tuple(int(i) for i in bad[0])
+        raise ValueError(f"{where}{_place(axes, first)}: non-finite {field}: {array[first]}")
+
+
+def check_atomic_numbers(values, where: str, field: str, axes: Sequence[str]) -> np.ndarray:
+    """``values`` as an int64 array; ``ValueError`` at the first entry that is not an integer
+    from 1 to :data:`MAX_ATOMIC_NUMBER` (6.7 is not read as 6), naming ``where``, its position
+    along ``axes`` and ``field``."""
+    array = np.asarray(values)
+    if not np.issubdtype(array.dtype, np.integer):
+        array = check_real(array, where, field)
+    with np.errstate(invalid="ignore"):
+        valid = (array == np.round(array)) & (array >= 1) & (array <= MAX_ATOMIC_NUMBER)
+    bad = np.argwhere(~valid)
+    if len(bad):
+        first = tuple(int(i) for i in bad[0])
+        value = array[first]
+        shown = int(value) if float(value).is_integer() else value
+        raise ValueError(
+            f"{where}{_place(axes, first)}: {field} must be integers from 1 to "
+            f"{MAX_ATOMIC_NUMBER}, got {shown}"
+        )
+    return array.astype(np.int64)
+
+
+def _place(axes: Sequence[str], index: tuple[int, ...]) -> str:
+    """``", frame 3, atom 5"`` for ``axes=("frame", "atom")`` and ``index=(3, 5, 1)``."""
+    return "".join(f", {name} {i}" for name, i in zip(axes, index[: len(axes)], strict=True))
 
 
 def energy_factor(unit: str) -> float:
@@ -159,13 +211,24 @@ class MD17(EnergyForceDataset):
 def read_md17_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(z (N,), R (F, N, 3), E (F,), F (F, N, 3))`` of an MD17 or rMD17 file, in its units.
 
-    Raises errors naming the file and the missing key, or the shapes that do not agree.
+    Raises errors naming the file and the missing key, the shapes that do not agree, the frame,
+    atom and key of a non-finite number or of an atomic number that is not an integer from 1 to
+    :data:`MAX_ATOMIC_NUMBER`, or, for a truncated or corrupt file, the file (and key).
     """
     if not path.is_file():
         raise FileNotFoundError(f"MD17 file {path} does not exist")
-    with np.load(path, allow_pickle=False) as npz:
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise TypeError(f"numpy read a single {type(npz).__name__}, not an archive of arrays")
+    except _NPZ_ERRORS as err:
+        raise ValueError(
+            f"{path} is not a readable .npz archive (truncated or corrupt?): "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    with npz:
         keys = set(npz.files)
-        fields = {}
+        fields, names = {}, {}
         for field, (md17, rmd17) in _NPZ_KEYS.items():
             key = md17 if md17 in keys else rmd17 if rmd17 in keys else None
             if key is None:
@@ -173,7 +236,14 @@ def read_md17_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
                     f"{path} has no {field}: expected key {md17!r} (MD17) or {rmd17!r} (rMD17); "
                     f"keys present: {sorted(keys)}"
                 )
-            fields[field] = npz[key]
+            names[field] = f"{field} (key {key!r})"
+            try:
+                fields[field] = npz[key]
+            except _NPZ_ERRORS as err:
+                raise ValueError(
+                    f"{path}: cannot read {names[field]} (truncated or corrupt?): "
+                    f"{type(err).__name__}: {err}"
+                ) from err
     z, pos, energy, forces = fields.values()
     shapes = (
         f"atomic numbers {z.shape}, positions {pos.shape}, energies {energy.shape}, "
@@ -190,9 +260,13 @@ def read_md17_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
         raise ValueError(
             f"{path}: expected one energy per frame, (frames,) or (frames, 1); got {shapes}"
         )
-    return (
-        z.astype(np.int64),
-        pos.astype(np.float64),
-        energy.reshape(-1).astype(np.float64),
-        forces.astype(np.float64),
+    z = check_atomic_numbers(z, str(path), names["atomic numbers"], ("atom",))
+    pos, energy, forces = (
+        check_real(values, str(path), names[field])
+        for field, values in (("positions", pos), ("energies", energy), ("forces", forces))
     )
+    energy = energy.reshape(-1)
+    check_finite(pos, str(path), names["positions"], ("frame", "atom"))
+    check_finite(energy, str(path), names["energies"], ("frame",))
+    check_finite(forces, str(path), names["forces"], ("frame", "atom"))
+    return z, pos, energy, forces

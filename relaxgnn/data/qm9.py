@@ -28,6 +28,7 @@ import os
 import tarfile
 import urllib.request
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -109,14 +110,20 @@ class Molecule(NamedTuple):
 
 def parse_number(token: str, where: str, field: str) -> float:
     """A finite float, reading Mathematica's ``*^`` exponent (``7.9254*^-6``) as ``e``;
-    errors name ``where`` (file, record, line) and ``field``."""
+    errors (malformed or non-finite numbers) name ``where`` (file, record, line) and ``field``."""
     try:
         value = float(token.replace("*^", "e"))
     except ValueError:
-        value = math.nan
+        raise ValueError(f"{where}: malformed number {token!r} in field `{field}`") from None
     if not math.isfinite(value):
-        raise ValueError(f"{where}: malformed number {token!r} in field `{field}`")
+        raise ValueError(f"{where}: non-finite number {token!r} in field `{field}`")
     return value
+
+
+def _is_atom_line(line: str) -> bool:
+    """Whether ``line`` starts like a QM9 atom line, ``symbol x y z ...``."""
+    tokens = line.split()
+    return len(tokens) >= 4 and tokens[0] in ELEMENTS
 
 
 def _atom(tokens: list[str], where: str) -> tuple[int, list[float]]:
@@ -151,6 +158,8 @@ def parse_xyz(text: str, source: str) -> Molecule:
     except (IndexError, ValueError):
         first = lines[0] if lines else ""
         raise ValueError(f"{source}, line 1: expected the atom count, got {first!r}") from None
+    if n < 1:
+        raise ValueError(f"{source}, line 1: the atom count must be positive, got {n}")
     head = lines[1].split() if len(lines) > 1 else []
     if len(head) < 2 + len(_XYZ_FIELDS) or head[0] != "gdb" or not head[1].isdigit():
         raise ValueError(
@@ -173,6 +182,14 @@ def parse_xyz(text: str, source: str) -> Molecule:
         zi, xyz = _atom(line.split(), f"{record}, line {k + 3} (atom {k + 1} of {n})")
         z.append(zi)
         pos.append(xyz)
+    if len(lines) > 2 + n and _is_atom_line(lines[2 + n]):
+        extra = next(
+            (k for k in range(2 + n, len(lines)) if not _is_atom_line(lines[k])), len(lines)
+        )
+        raise ValueError(
+            f"{record}, line {n + 3}: line 1 declares {n} atoms but the record has "
+            f"{extra - 2} atom lines (lines 3-{extra})"
+        )
     return Molecule(idx, z, pos, _targets(props, z, record))
 
 
@@ -357,19 +374,15 @@ class QM9(Dataset):
 
     def _molecules(self) -> Iterator[Molecule]:
         if self.layout == "xyz-archive":
-            archive = self.raw_dir / XYZ_ARCHIVE
-            with tarfile.open(archive, "r:bz2") as tar:
-                for member in tar:
-                    if member.isfile() and fnmatch.fnmatch(Path(member.name).name, XYZ_PATTERN):
-                        text = tar.extractfile(member).read().decode()
-                        yield parse_xyz(text, f"{archive}:{member.name}")
+            for source, data in _archive_members(self.raw_dir / XYZ_ARCHIVE):
+                yield parse_xyz(_decode(data, source), source)
         elif self.layout == "xyz":
             for path in sorted(self.raw_dir.glob(XYZ_PATTERN)):
-                yield parse_xyz(path.read_text(), str(path))
+                yield parse_xyz(_decode(path.read_bytes(), str(path)), str(path))
         else:
             sdf, table = (self.raw_dir / name for name in SDF_FILES)
             targets = read_sdf_csv(table)
-            for name, z, pos in parse_sdf(sdf.read_text(), str(sdf)):
+            for name, z, pos in parse_sdf(_decode(sdf.read_bytes(), str(sdf)), str(sdf)):
                 if not (name.startswith("gdb_") and name[4:].isdigit()):
                     raise ValueError(f"{sdf}: molecule name {name!r} is not `gdb_<index>`")
                 if name not in targets:
@@ -457,6 +470,32 @@ class QM9(Dataset):
         return f"QM9({len(self)}, layout={self.layout!r}, root={str(self.root)!r})"
 
 
+def _archive_members(archive: Path) -> Iterator[tuple[str, bytes]]:
+    """``("<archive>:<member>", bytes)`` of each ``dsgdb9nsd_*.xyz`` in the ``.tar.bz2``; a
+    truncated or corrupt archive raises a ``ValueError`` naming it (and the member)."""
+    where = str(archive)
+    try:
+        with tarfile.open(archive, "r:bz2") as tar:
+            for member in tar:
+                if member.isfile() and fnmatch.fnmatch(Path(member.name).name, XYZ_PATTERN):
+                    where = f"{archive}:{member.name}"
+                    data = tar.extractfile(member).read()
+                    yield where, data
+                    where = str(archive)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+        raise ValueError(
+            f"{where}: cannot read the archive (truncated or corrupt?): {type(err).__name__}: {err}"
+        ) from err
+
+
+def _decode(data: bytes, source: str) -> str:
+    """The text of a raw file; ``ValueError`` naming ``source`` when it is not UTF-8."""
+    try:
+        return data.decode()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{source}: not UTF-8 text ({err})") from err
+
+
 # ---------------------------------------------------------------------------------- cache
 
 
@@ -477,5 +516,3 @@ def _load_cache(path: Path) -> dict[str, Tensor] | None:
     except Exception as err:  # a cache that cannot be read is rebuilt, not trusted
         warnings.warn(f"QM9 cache {path} could not be read ({err}); processing again", stacklevel=3)
         return None
-
-
