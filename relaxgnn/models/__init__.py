@@ -4,10 +4,14 @@ from .egnn import EGNN
 from .energy import EnergyForceModel, fit_reference_energies
 from .forces import energy_and_forces
 from .inputs import GraphInputs
-from .io import build_model, load_model, model_spec, save_model
+from .io import build_model, load_model, model_spec, register_model, save_model
 from .pooling import pool
 from .segnn import SEGNN
 from .tpnet import TPNet, hidden_irreps
+
+# the classes model files and checkpoints may name (nothing else is ever built from a file)
+for _cls in (EGNN, SEGNN, TPNet, EnergyForceModel):
+    register_model(_cls, f"relaxgnn.models.{_cls.__name__}")
 
 __all__ = [
     "EGNN",
@@ -22,5 +26,6 @@ __all__ = [
     "load_model",
     "model_spec",
     "pool",
+    "register_model",
     "save_model",
 ]

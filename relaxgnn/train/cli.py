@@ -11,6 +11,7 @@ run of the experiment in its own directory.
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 
-from ..models.io import build_model, save_model
+from ..models.io import build_model, check_format, load_state, load_weights_only, save_model
 from ..relax import find_paths, project
 from .callbacks import ExportModel
 from .checkpoint_io import AtomicCheckpointIO
@@ -82,6 +83,26 @@ class RelaxGNNCLI(LightningCLI):
             if self.subcommand in ("fit", None) and ckpt.parent.name == "checkpoints" and match:
                 self._version = int(match.group(1))  # resume in the run's own directory
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads the module's hyperparameters back from ``--ckpt_path``; here only
+        plain values of the module's own arguments are taken, read weights-only (a checkpoint
+        that names classes cannot make the CLI import or build anything)."""
+        if not self.config.get("subcommand"):
+            return
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        checkpoint = load_weights_only(ckpt_path, what="checkpoint")
+        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+        if not isinstance(hparams, dict):
+            return
+        allowed = set(inspect.signature(RelaxGNNModule.__init__).parameters) - {
+            "self", "model", "optimizer", "lr_scheduler"}
+        plain = {k: v for k, v in hparams.items() if k in allowed and _plain_data(v)}
+        if plain:
+            self.config = self.parser.parse_object(
+                {self.config.subcommand: {"model": plain}}, self.config)
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
         if config.get("strategy") == "ddp" and find_paths(self.model):
             # relaxation paths are skipped while θ = 0 (the schedule's ends): DDP must expect
@@ -98,6 +119,18 @@ class RelaxGNNCLI(LightningCLI):
                 TensorBoardLogger(str(root), name=name, version=version, default_hp_metric=False),
             ]
         return super()._instantiate_trainer(config, callbacks)
+
+
+def _plain_data(value: Any) -> bool:
+    """Numbers, strings, booleans, None and lists/dicts of them, with no ``class_path``."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain_data(v) for v in value)
+    if isinstance(value, dict):
+        return "class_path" not in value and all(
+            isinstance(k, (str, int)) and _plain_data(v) for k, v in value.items())
+    return False
 
 
 def trainer_defaults() -> dict[str, Any]:
@@ -122,20 +155,20 @@ def run_lightning(args: list[str]) -> None:
 
 def project_checkpoint(ckpt_path: str | Path, out: str | Path) -> Path:
     """Turn a (relaxed) training checkpoint into a projected model file (see
-    :func:`relaxgnn.models.load_model`)."""
+    :func:`relaxgnn.models.load_model`). The checkpoint is read weights-only and the model built
+    only from registered classes, so nothing from the file runs."""
     ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    checkpoint = load_weights_only(ckpt_path, what="checkpoint")
     spec = checkpoint.get("relaxgnn_model") if isinstance(checkpoint, dict) else None
-    if spec is None:
+    if not isinstance(spec, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ValueError(f"{ckpt_path} is not a relaxgnn training checkpoint (no relaxgnn_model "
                          "entry)")
-    model = build_model(spec)
+    check_format(checkpoint, spec, ckpt_path, key="relaxgnn_format")
+    model = build_model(spec, source=ckpt_path)
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()
              if k.startswith("model.")}
     dtype = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
     model = model.to(dtype)
-    model.load_state_dict(state, strict=True)
+    load_state(model, state, ckpt_path)
     return save_model(project(model), out, source_checkpoint=str(ckpt_path),
                       global_step=checkpoint.get("global_step"))

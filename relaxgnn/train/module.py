@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 
 from ..models.forces import energy_and_forces
-from ..models.io import model_spec
+from ..models.io import FORMAT, check_format, model_spec
 from ..models.pooling import pool
 from ..symmetry import apply_orthogonal, random_rotation, representation
 
@@ -275,8 +275,13 @@ class RelaxGNNModule(LightningModule):
                 "lr_scheduler": {"scheduler": scheduler, "monitor": monitor}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the architecture so that `relaxgnn project` can rebuild the model."""
+        """Record the architecture (so that `relaxgnn project` can rebuild the model) and the
+        file format; flush the loggers, so that the metrics up to the checkpoint are on disk
+        when a run is killed and resumed from it."""
         checkpoint["relaxgnn_model"] = model_spec(self.model)
+        checkpoint["relaxgnn_format"] = FORMAT
+        for logger in self.trainer.loggers:
+            logger.save()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("relaxgnn_model")
@@ -286,6 +291,16 @@ class RelaxGNNModule(LightningModule):
                 raise ValueError(
                     "the checkpoint was written by another architecture: "
                     f"{saved['class_path']}({_arch(saved)}) vs {ours['class_path']}({_arch(ours)})")
+            check_format(checkpoint, saved, "the checkpoint", key="relaxgnn_format")
+        state = checkpoint.get("state_dict", {})
+        ours = set(self.state_dict())
+        missing, unexpected = sorted(ours - set(state)), sorted(set(state) - ours)
+        if missing or unexpected:
+            raise ValueError(
+                "the checkpoint's weights do not fit this model"
+                + (f"; missing {missing[:4]}" if missing else "")
+                + (f"; unexpected {unexpected[:4]}" if unexpected else "")
+                + " (written by another relaxgnn version or configuration?)")
 
 
 def _arch(spec: dict[str, Any]) -> dict[str, Any]:
