@@ -132,6 +132,9 @@ def radius_edges(
         raise ValueError(f"cutoff must be positive, got {cutoff}")
     if pos.dim() != 2 or pos.shape[1] != 3:
         raise ValueError(f"pos must have shape (num_nodes, 3), got {tuple(pos.shape)}")
+    if pos.shape[0] == 0:  # no nodes, no pairs (vesin refuses empty point sets)
+        return (torch.zeros(2, 0, dtype=torch.long, device=pos.device),
+                pos.new_zeros(0, 3))
     sizes = _graph_sizes(batch, pos.shape[0], pos.device).tolist()
     num_graphs = len(sizes)
     pbc_t = (

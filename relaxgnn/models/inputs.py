@@ -49,6 +49,13 @@ class GraphInputs(nn.Module):
         if cutoff is not None and cutoff <= 0:
             raise ValueError(f"cutoff must be positive, got {cutoff}")
         self.cutoff = cutoff
+        # follows the model's dtype through .double()/.float(): what the inputs must be in
+        self.register_buffer("dtype_probe", torch.zeros(0), persistent=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype the model computes in."""
+        return self.dtype_probe.dtype
 
     @property
     def irreps(self) -> o3.Irreps:
@@ -63,6 +70,13 @@ class GraphInputs(nn.Module):
     def graph(self, data: Data) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Validate ``data`` and return ``(edge_index, edge_shift or None, batch or None)``."""
         pos = check_positions(getattr(data, "pos", None))
+        if self.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"relaxgnn models compute in float32 or float64; this one is "
+                            f"{self.dtype} (use .float() or .double())")
+        if pos.dtype != self.dtype:
+            raise TypeError(f"`pos` is {pos.dtype} but the model computes in {self.dtype}: "
+                            f"convert the data (e.g. `data.to({self.dtype})` for its floating "
+                            "fields) or the model")
         N = pos.shape[0]
         batch = check_batch(getattr(data, "batch", None), N)
         edge_index = getattr(data, "edge_index", None)
@@ -87,7 +101,11 @@ class GraphInputs(nn.Module):
         value = getattr(data, name, None)
         if value is None:
             raise ValueError(f"the model reads the vector field `{name}` but the data has none")
-        return check_positions(value, name).to(data.pos.dtype)
+        value = check_positions(value, name)
+        if value.dtype != data.pos.dtype:
+            raise TypeError(f"`{name}` is {value.dtype} but the model computes in "
+                            f"{data.pos.dtype}: convert the data")
+        return value
 
     def node_features(self, data: Data) -> Tensor:
         """``(N, irreps.dim)``: the declared fields, then the one-hot of ``data.z``."""
@@ -99,7 +117,8 @@ class GraphInputs(nn.Module):
                 raise ValueError(
                     f"the model reads field `{name}` ({self.fields[name]}) but the data has none"
                 )
-            parts.append(check_features(value, name, N, dim).to(data.pos.dtype))
+            parts.append(check_features(value, name, N, dim, dtype=data.pos.dtype)
+                         .to(data.pos.dtype))  # integer fields (e.g. charges ±1) become floats
         if self.atomic_numbers is not None:
             parts.append(self.one_hot(getattr(data, "z", None), N).to(data.pos.dtype))
         if not parts:
@@ -117,7 +136,7 @@ class GraphInputs(nn.Module):
             value = getattr(data, name, None)
             if value is None:
                 raise ValueError(f"the model reads the pair field `{name}` but the data has none")
-            q = check_features(value, name, N, 1).to(data.pos.dtype)
+            q = check_features(value, name, N, 1, dtype=data.pos.dtype).to(data.pos.dtype)
             columns.append(q[i] * q[j])
         return torch.cat(columns, -1) if columns else data.pos.new_zeros(edge_index.shape[1], 0)
 

@@ -45,11 +45,15 @@ def check_positions(pos: Tensor | None, name: str = "pos") -> Tensor:
 
 
 def check_features(
-    x: Tensor | None, name: str, rows: int, width: int, what: str = "nodes"
+    x: Tensor | None, name: str, rows: int, width: int, what: str = "nodes",
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """``x`` must be a ``(rows, width)`` tensor."""
+    """``x`` must be a ``(rows, width)`` tensor (of ``dtype`` when given, if floating) with
+    finite values (the value check is skipped inside :func:`trusted_inputs`)."""
     if x is None:
         raise ValueError(f"missing `{name}` (expected shape ({rows}, {width}))")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"`{name}` must be a tensor, got {type(x).__name__}")
     if x.dim() == 1 and width == 1:
         x = x.unsqueeze(-1)
     if x.dim() != 2 or x.shape[0] != rows or x.shape[1] != width:
@@ -57,6 +61,12 @@ def check_features(
             f"`{name}` must have shape ({rows}, {width}) (one row per {what[:-1]}, "
             f"{width} features), got {tuple(x.shape)}"
         )
+    if dtype is not None and x.is_floating_point() and x.dtype != dtype:
+        raise TypeError(f"`{name}` is {x.dtype} but the model computes in {dtype}: convert one "
+                        f"of them (e.g. the data with `.to({dtype})`)")
+    if _CHECK_VALUES.get() and x.is_floating_point() and not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).any(-1).nonzero().flatten()[:5].tolist()
+        raise ValueError(f"`{name}` has non-finite values (NaN or inf) at {what} {bad}")
     return x
 
 
@@ -70,10 +80,13 @@ def check_edge_index(edge_index: Tensor | None, num_nodes: int) -> Tensor:
         )
     if edge_index.dtype not in (torch.long, torch.int32, torch.int64):
         raise TypeError(f"`edge_index` must be an integer tensor, got {edge_index.dtype}")
-    if edge_index.numel() and (edge_index.min() < 0 or edge_index.max() >= num_nodes):
-        raise ValueError(
-            f"`edge_index` refers to node {int(edge_index.max())} but there are {num_nodes} nodes"
-        )
+    if edge_index.numel():
+        low, high = int(edge_index.min()), int(edge_index.max())
+        if low < 0:
+            raise ValueError(f"`edge_index` has negative node indices (the smallest is {low})")
+        if high >= num_nodes:
+            raise ValueError(
+                f"`edge_index` refers to node {high} but there are {num_nodes} nodes")
     return edge_index
 
 
@@ -81,6 +94,11 @@ def check_batch(batch: Tensor | None, num_nodes: int) -> Tensor | None:
     """``batch`` must be ``(num_nodes,)``, non-negative and sorted (PyG's convention)."""
     if batch is None:
         return None
+    if not isinstance(batch, Tensor) or batch.is_floating_point() or batch.is_complex() \
+            or batch.dtype == torch.bool:
+        kind = batch.dtype if isinstance(batch, Tensor) else type(batch).__name__
+        raise TypeError(f"`batch` must be an integer tensor (the graph index of each node), "
+                        f"got {kind}")
     if batch.dim() != 1 or batch.shape[0] != num_nodes:
         raise ValueError(
             f"`batch` must have shape ({num_nodes},) to match `pos`, got {tuple(batch.shape)}"
