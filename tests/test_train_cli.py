@@ -83,6 +83,21 @@ def test_fit_writes_a_complete_run_directory(tmp_path):
                  "--ckpt_path", str(best)]) == 0
     assert main(["predict", "--config", str(config), "--runs_dir", str(tmp_path / "runs"),
                  "--ckpt_path", str(best)]) == 0
+    [written] = (tmp_path / "runs" / "tiny").glob("version_*/predictions.pt")
+    predictions = torch.load(written, weights_only=True)
+    assert predictions["task"] == "node" and predictions["checkpoint"] == str(best)
+    assert torch.equal(predictions["index"], torch.arange(20))  # the 20 test trajectories
+    assert torch.equal(predictions["node_sample"], torch.arange(20).repeat_interleave(5))
+    from relaxgnn.data import NBody
+
+    nbody = yaml.safe_load(config.read_text())["data"]["test"]["init_args"]
+    test_set = NBody(**nbody)
+    from relaxgnn.train.cli import project_checkpoint
+
+    best_model = load_model(project_checkpoint(best, tmp_path / "best.pt"))
+    with torch.no_grad():
+        expected = torch.cat([best_model(test_set[i]) for i in range(20)])
+    torch.testing.assert_close(predictions["y"], expected, rtol=1e-5, atol=1e-6)
     out = tmp_path / "projected.pt"
     assert main(["project", str(run / "checkpoints" / "last.ckpt"), str(out)]) == 0
     projected = load_model(out)

@@ -5,6 +5,7 @@ from .checkpoint_io import AtomicCheckpointIO
 from .datamodule import EpochSampler, GraphDataModule
 from .module import RelaxGNNModule
 from .plots import PlotMetrics, plot_run
+from .predictions import WritePredictions
 
 __all__ = [
     "EMA",
@@ -16,5 +17,6 @@ __all__ = [
     "PlotMetrics",
     "Relax",
     "RelaxGNNModule",
+    "WritePredictions",
     "plot_run",
 ]

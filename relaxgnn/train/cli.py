@@ -5,7 +5,8 @@ LightningCLI (``class_path``/``init_args`` configs, ``--trainer.max_epochs 5`` o
 Every run writes to ``runs/<experiment>/version_<k>/`` (``<experiment>`` defaults to the config
 file's name): ``config.yaml`` (the resolved config), ``metrics.csv``, TensorBoard events,
 ``checkpoints/{last,best-…}.ckpt``, ``checkpoints/model.pt`` (the projected model),
-``splits.json``, ``summary.json`` and ``plots/*.png``. ``--ckpt_path last`` resumes the newest
+``splits.json``, ``summary.json`` and ``plots/*.png``; ``relaxgnn predict`` writes
+``predictions.pt`` (see :mod:`relaxgnn.train.predictions`). ``--ckpt_path last`` resumes the newest
 run of the experiment in its own directory.
 """
 
@@ -29,6 +30,7 @@ from .checkpoint_io import AtomicCheckpointIO
 from .datamodule import GraphDataModule
 from .module import RelaxGNNModule
 from .plots import PlotMetrics
+from .predictions import WritePredictions
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -140,6 +142,7 @@ def trainer_defaults() -> dict[str, Any]:
                             filename="best-{epoch:03d}-{step}", auto_insert_metric_name=False),
             ExportModel(),
             PlotMetrics(),
+            WritePredictions(),
         ],
         "plugins": [AtomicCheckpointIO()],
         "use_distributed_sampler": False,  # GraphDataModule shards by rank itself
