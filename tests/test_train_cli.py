@@ -151,6 +151,40 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
         assert torch.allclose(x, y, atol=1e-6, rtol=1e-5), k
     for name in ("val/loss", "train/penalty", "theta"):
         assert last_metric(a, name) == pytest.approx(last_metric(b, name), rel=1e-5, abs=1e-8)
+    # the resumed run's log holds the whole history, each step once, as the uninterrupted one
+    for name in ("train/loss", "val/loss", "theta"):
+        steps_a, steps_b = ([int(r["step"]) for r in rows(run) if r.get(name)] for run in (a, b))
+        assert steps_a == steps_b, name
+        values_b = [float(r[name]) for r in rows(b) if r.get(name)]
+        values_a = [float(r[name]) for r in rows(a) if r.get(name)]
+        assert values_a == pytest.approx(values_b, rel=1e-4, abs=1e-7), name
+
+
+def rows(run: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((run / "metrics.csv").open()))
+
+
+def test_extending_a_finished_run_keeps_its_history_and_its_schedule(tmp_path, caplog):
+    config = tiny_config(tmp_path)  # 4 epochs of 6 steps
+    runs = ["--runs_dir", str(tmp_path / "runs")]
+    assert main(["fit", "--config", str(config), *runs]) == 0
+    run = tmp_path / "runs" / "tiny" / "version_0"
+    first = rows(run)
+    assert main(["fit", "--config", str(config), *runs, "--ckpt_path", "last",
+                 "--trainer.max_epochs", "6"]) == 0
+    assert not (tmp_path / "runs" / "tiny" / "version_1").exists()
+    after = rows(run)
+
+    def entries(table):
+        return {(r["step"], m, r[m]) for r in table for m in ("train/loss", "val/loss", "theta")
+                if r.get(m)}
+
+    assert entries(first) <= entries(after)  # nothing of the first part is lost
+    steps = [int(r["step"]) for r in after if r.get("train/loss")]
+    assert sorted(steps) == list(range(36))  # every step once
+    later = [float(r["theta"]) for r in after if r.get("theta") and int(r["step"]) >= 24]
+    assert later and all(t == 0.0 for t in later)  # the 24-step Triangle stays finished
+    assert "keeps its schedule of 24 steps" in caplog.text
 
 
 def test_ddp_two_cpu_processes_agree(tmp_path):

@@ -190,3 +190,23 @@ def test_ema_on_an_e3nn_model(tmp_path):
     assert set(ema.shadow) == set(final)
     assert all(torch.equal(final[n], ema.shadow[n]) for n in final)  # averaged weights kept
     assert any(not torch.equal(final[n], raw[n]) for n in final)  # and they are not the raw
+
+
+def test_an_explicit_schedule_length_changes_it_on_resume(tmp_path):
+    """Resuming with Relax(total_steps=...) different from the saved length uses the new length
+    and says so; without it the saved length is kept."""
+    L.seed_everything(0)
+    module = RelaxGNNModule(egnn(), task="node")
+    make_trainer(tmp_path, [Relax("LinearDecay", theta=1.0)], max_epochs=2).fit(
+        module, nbody_data())
+    ckpt = tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt"
+    kept, changed = Relax("LinearDecay", theta=1.0), Relax("LinearDecay", theta=1.0,
+                                                            total_steps=30)
+    for callback, length in ((kept, 6), (changed, 30)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            make_trainer(tmp_path / f"resume{length}", [callback], max_epochs=4).fit(
+                RelaxGNNModule(egnn(), task="node"), nbody_data(), ckpt_path=ckpt)
+        assert callback.state_dict()["total_steps"] == length
+        said = [str(w.message) for w in caught if "schedule length changed" in str(w.message)]
+        assert bool(said) == (length == 30)

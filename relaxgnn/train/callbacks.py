@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..models.io import save_model
 from ..relax import SCHEDULES, Relaxation, find_paths, project
@@ -36,6 +36,10 @@ class Relax(Callback):
             last step or epoch of the run.
         milestones, gamma: for ``Step``, as fractions of the run (e.g. ``[0.5, 0.75]``).
         lie_weight, norm_weight, reflection_weight: penalty weights λ.
+        total_steps: the schedule's length (in steps or epochs, as ``interval``); by default
+            the length of the run when it starts. A resumed run keeps the length it started
+            with — extending a finished run trains on at θ = 0 — unless ``total_steps`` is
+            given, which changes it (and says so).
     """
 
     def __init__(
@@ -48,7 +52,10 @@ class Relax(Callback):
         lie_weight: float = 0.01,
         norm_weight: float = 0.01,
         reflection_weight: float = 0.0,
+        total_steps: int | None = None,
     ) -> None:
+        if total_steps is not None and total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; choose from {sorted(SCHEDULES)}")
         if interval not in ("step", "epoch"):
@@ -57,7 +64,9 @@ class Relax(Callback):
         self.interval, self.milestones, self.gamma = interval, milestones or [0.5, 0.75], gamma
         self.weights = dict(lie_weight=lie_weight, norm_weight=norm_weight,
                             reflection_weight=reflection_weight)
+        self.total_steps = total_steps
         self.controller: Relaxation | None = None
+        self._length = 0
 
     def _schedule(self, total: int):
         cls = SCHEDULES[self.schedule_name]
@@ -75,12 +84,35 @@ class Relax(Callback):
                 raise ValueError("Relax(interval='epoch') needs trainer.max_epochs")
         else:
             total = int(trainer.estimated_stepping_batches)
-        schedule = self._schedule(total)
+        self._build(pl_module, self.total_steps or total)
+
+    def _build(self, pl_module: LightningModule, length: int) -> None:
+        self._module = pl_module
+        schedule = self._schedule(length)
+        self._length = length
         self.controller = Relaxation(pl_module.model, schedule, interval=self.interval,
                                      **self.weights)
         pl_module.relaxation = self.controller
-        rank_zero_info(f"relaxation: {schedule!r} over {total} {self.interval}s, "
+        rank_zero_info(f"relaxation: {schedule!r} over {length} {self.interval}s, "
                        f"{len(self.controller.paths)} paths")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: the schedule keeps the length the run started with (see the class
+        docstring), and θ continues from the saved step."""
+        if self.controller is None or not state:
+            return
+        saved = state.get("total_steps")
+        if saved is not None and saved != self._length:
+            if self.total_steps is None:
+                rank_zero_info(f"relaxation: the resumed run keeps its schedule of {saved} "
+                               f"{self.interval}s (this run is {self._length}); θ is 0 after it. "
+                               "Give Relax(total_steps=...) to change the length")
+                self._build(self._module, saved)
+            else:
+                rank_zero_warn(f"relaxation: schedule length changed on resume from {saved} to "
+                               f"{self._length} {self.interval}s (Relax(total_steps=...))")
+                return
+        self.controller.load_state_dict(state)
 
     def _index(self, trainer: Trainer) -> int:
         return trainer.global_step if self.interval == "step" else trainer.current_epoch
@@ -97,7 +129,9 @@ class Relax(Callback):
             pl_module.relaxation = None
 
     def state_dict(self) -> dict[str, Any]:
-        return self.controller.state_dict() if self.controller is not None else {}
+        if self.controller is None:
+            return {}
+        return {**self.controller.state_dict(), "total_steps": self._length}
 
 
 class ExportModel(Callback):

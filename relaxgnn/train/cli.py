@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 
 from ..models.io import build_model, check_format, load_state, load_weights_only, save_model
@@ -31,6 +31,7 @@ from .datamodule import GraphDataModule
 from .module import RelaxGNNModule
 from .plots import PlotMetrics
 from .predictions import WritePredictions
+from .run_log import KeepHistory, RunCSVLogger
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -117,7 +118,7 @@ class RelaxGNNCLI(LightningCLI):
                 existing = _versions(root / name)
                 version = existing[-1] + 1 if existing else 0
             config["logger"] = [
-                CSVLogger(str(root), name=name, version=version),
+                RunCSVLogger(str(root), name=name, version=version),
                 TensorBoardLogger(str(root), name=name, version=version, default_hp_metric=False),
             ]
         return super()._instantiate_trainer(config, callbacks)
@@ -143,6 +144,7 @@ def trainer_defaults() -> dict[str, Any]:
             ExportModel(),
             PlotMetrics(),
             WritePredictions(),
+            KeepHistory(),
         ],
         "plugins": [AtomicCheckpointIO()],
         "use_distributed_sampler": False,  # GraphDataModule shards by rank itself
