@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             run_lightning(argv)
-        except (ValueError, FileNotFoundError, TypeError, FloatingPointError, KeyError) as err:
-            return _fail(argv[0], err)
+        except (ValueError, OSError, TypeError, FloatingPointError, KeyError) as err:
+            return _fail(argv[0], err)  # OSError: e.g. a disk that fills up during the run
         return 0
     args = build_parser().parse_args(argv)
     if args.command == "project":
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             path = project_checkpoint(args.checkpoint, args.out)
-        except (ValueError, FileNotFoundError) as err:
+        except (ValueError, OSError) as err:
             return _fail("project", err)
         print(f"projected model written to {path}")
     elif args.command == "data" and args.dataset == "md":
@@ -99,16 +99,19 @@ def main(argv: list[str] | None = None) -> int:
                                friction=args.friction, seed=args.seed,
                                sample_every=args.sample_every,
                                equilibration_steps=args.equilibration_steps, method=args.method)
-        except (FileNotFoundError, ValueError, ImportError) as err:
+        except (OSError, ValueError, ImportError) as err:
             return _fail("data md", err)
         print(f"wrote {out} ({info.get('frames', '?')} frames) and its .json")
     elif args.command == "data":
         from .data.nbody import generate_charged
 
-        info = generate_charged(args.out, num_train=args.num_train, num_val=args.num_val,
-                                num_test=args.num_test, seed=args.seed,
-                                n_particles=args.n_particles, n_steps=args.n_steps,
-                                sample_freq=args.sample_freq, dt=args.dt)
+        try:
+            info = generate_charged(args.out, num_train=args.num_train, num_val=args.num_val,
+                                    num_test=args.num_test, seed=args.seed,
+                                    n_particles=args.n_particles, n_steps=args.n_steps,
+                                    sample_freq=args.sample_freq, dt=args.dt)
+        except (OSError, ValueError) as err:
+            return _fail("data nbody", err)
         print(f"wrote {args.out}/charged_{{train,val,test}}.npz and charged.json "
               f"({info['frames']} frames; {info['frame_steps']})")
     elif args.command == "demo":

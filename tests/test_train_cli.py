@@ -209,3 +209,35 @@ def test_every_config_parses(config, capsys):
     assert exit_info.value.code in (0, None)
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["model"]["model"]["class_path"].startswith("relaxgnn.models.")
+
+
+def test_short_runs_have_a_best_checkpoint_and_curves(tmp_path):
+    """A run shorter than check_val_every_n_epoch still validates at its end (a best
+    checkpoint, final val metrics) and logs the equivariance error at more than one step."""
+    config = tiny_config(tmp_path, max_epochs=2, check_val_every_n_epoch=5)
+    assert main(["fit", "--config", str(config), "--runs_dir", str(tmp_path / "runs")]) == 0
+    run = tmp_path / "runs" / "tiny" / "version_0"
+    assert any(p.name.startswith("best-") for p in (run / "checkpoints").iterdir())
+    table = rows(run)
+    assert [r["epoch"] for r in table if r.get("val/loss")] == ["1"]
+    assert len([r for r in table if r.get("equivariance/rotation")]) >= 2  # steps 1 and 12
+
+
+def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch):
+    config = tiny_config(tmp_path)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    assert main(["fit", "--config", str(config), "--runs_dir", str(blocker / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("relaxgnn fit: error: cannot write the run directory")
+    import errno
+
+    import relaxgnn.train.checkpoint_io as checkpoint_io
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_io, "atomic_torch_save", full_disk)
+    assert main(["fit", "--config", str(config), "--runs_dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "relaxgnn fit: error: [Errno 28] No space left on device"

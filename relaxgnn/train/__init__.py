@@ -1,6 +1,6 @@
 """Training on PyTorch Lightning: the only place relaxgnn imports Lightning."""
 
-from .callbacks import EMA, EquivarianceMonitor, ExportModel, Relax
+from .callbacks import EMA, EquivarianceMonitor, ExportModel, Relax, ValidateLastEpoch
 from .checkpoint_io import AtomicCheckpointIO
 from .datamodule import EpochSampler, GraphDataModule
 from .module import RelaxGNNModule
@@ -17,6 +17,7 @@ __all__ = [
     "PlotMetrics",
     "Relax",
     "RelaxGNNModule",
+    "ValidateLastEpoch",
     "WritePredictions",
     "plot_run",
 ]

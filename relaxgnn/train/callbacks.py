@@ -182,9 +182,10 @@ def _first_batch(trainer: Trainer):
 
 
 class EquivarianceMonitor(Callback):
-    """Every ``every_n_steps`` training steps, log the model's equivariance error on the current
-    batch at the current θ (``equivariance/<check>``) and, when relaxed, θ and every block's
-    path norm and Lie derivative (``relax/<block>/…``)."""
+    """At the first training step, every ``every_n_steps`` steps and at the last step, log the
+    model's equivariance error on the current batch at the current θ
+    (``equivariance/<check>``) and, when relaxed, θ and every block's path norm and Lie
+    derivative (``relax/<block>/…``); so even a short run has a curve, not a point."""
 
     def __init__(self, every_n_steps: int = 50, trials: int = 1) -> None:
         if every_n_steps < 1:
@@ -193,7 +194,8 @@ class EquivarianceMonitor(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        if trainer.global_step % self.every_n_steps != 0:
+        step, last = trainer.global_step, int(trainer.estimated_stepping_batches)
+        if step % self.every_n_steps != 0 and step not in (1, last):
             return
         metrics: dict[str, float] = {}
         controller = getattr(pl_module, "relaxation", None)
@@ -206,6 +208,16 @@ class EquivarianceMonitor(Callback):
         metrics.update({f"equivariance/{k}": v for k, v in errors.items()})
         for name, value in metrics.items():
             pl_module.log(name, value, batch_size=1)
+
+
+class ValidateLastEpoch(Callback):
+    """Validate after the last epoch even when ``check_val_every_n_epoch`` does not divide
+    ``max_epochs``: a short run then still has its final validation metrics and a best
+    checkpoint."""
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1:
+            trainer.check_val_every_n_epoch = 1
 
 
 class EMA(Callback):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from ..models.io import build_model, check_format, load_state, load_weights_only, save_model
 from ..relax import find_paths, project
-from .callbacks import ExportModel
+from .callbacks import ExportModel, ValidateLastEpoch
 from .checkpoint_io import AtomicCheckpointIO
 from .datamodule import GraphDataModule
 from .module import RelaxGNNModule
@@ -113,6 +114,7 @@ class RelaxGNNCLI(LightningCLI):
             config["strategy"] = DDPStrategy(find_unused_parameters=True)
         if config.get("logger") in (None, True):
             root, name = self._experiment()
+            _check_writable(root / name)
             version = self._version
             if version is None:
                 existing = _versions(root / name)
@@ -122,6 +124,17 @@ class RelaxGNNCLI(LightningCLI):
                 TensorBoardLogger(str(root), name=name, version=version, default_hp_metric=False),
             ]
         return super()._instantiate_trainer(config, callbacks)
+
+
+def _check_writable(directory: Path) -> None:
+    """A clear error, before anything runs, when the run directory cannot be written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write the run directory {directory}: "
+                         f"{err.strerror or err}") from None
 
 
 def _plain_data(value: Any) -> bool:
@@ -145,6 +158,7 @@ def trainer_defaults() -> dict[str, Any]:
             PlotMetrics(),
             WritePredictions(),
             KeepHistory(),
+            ValidateLastEpoch(),
         ],
         "plugins": [AtomicCheckpointIO()],
         "use_distributed_sampler": False,  # GraphDataModule shards by rank itself
