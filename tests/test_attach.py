@@ -274,3 +274,16 @@ def test_layer_level_shorthand_and_explicit_placement_agree():
                 path.g.weight.fill_(0.01)
         outs.append(layer(x, edges, *attrs))
     assert torch.equal(*outs)
+
+
+def test_patterns_match_level_by_level():
+    from relaxgnn.relax.attach import matches
+
+    assert matches("layers.0", "layers.*") and not matches("layers.0.tp", "layers.*")
+    assert matches("layers.3.update_layer_1", "layers.*.update_layer_1")
+    assert matches("layers.2", "layers.[0-2]") and not matches("layers.3", "layers.[0-2]")
+    assert matches("a.b.lin", "**.lin") and matches("lin", "**.lin")
+    assert matches("a.b.c", "a.**") and not matches("b.c", "a.**")
+    model = segnn()
+    assert len(attach(model, {"layers.*": {"irreps_in": {"x": "4x0e+2x1o"},
+                                           "irreps_out": "4x0e+2x1o"}})) == 2  # the 2 layers

@@ -233,3 +233,17 @@ def test_malformed_number(tmp_path):
     path.write_text(text.replace("0.9157893661", "0.91x7893661"))
     with pytest.raises(ValueError, match=r"gdb 2\), line 5 \(atom 3 of 4\).*'0.91x7893661'.*`x`"):
         QM9(root)
+
+
+def test_raw_files_outside_root_and_a_separate_uncharacterized_list(tmp_path):
+    """The shipped samples (datasets/qm9/xyz, the list beside it) load without a raw/ layout,
+    with the cache under root; the uncharacterized molecule 5003 is skipped."""
+    from pathlib import Path
+
+    from relaxgnn.data import QM9
+
+    samples = Path(__file__).resolve().parents[1] / "datasets" / "qm9"
+    qm9 = QM9(tmp_path, raw_dir=samples / "xyz",
+              uncharacterized_file=samples / "uncharacterized.txt")
+    assert len(qm9) == 19 and 5003 not in qm9.indices.tolist()
+    assert qm9.processed_path.parent == tmp_path / "processed"

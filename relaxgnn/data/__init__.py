@@ -12,7 +12,7 @@ from .graphs import (
     radius_edges,
 )
 from .md17 import MD17
-from .md_generate import generate_md
+from .md_generate import GeneratedMD, generate_md
 from .nbody import (
     GravityNBody,
     NBody,
@@ -25,6 +25,7 @@ from .qm9 import QM9
 from .splits import load_splits, save_splits, split_indices
 
 __all__ = [
+    "GeneratedMD",
     "MD17",
     "QM9",
     "ASEDataset",

@@ -8,8 +8,8 @@ with the keys of the revised MD17 release (Christensen & von Lilienfeld 2020):
 - ``energies`` ``(F,)`` kcal/mol, ``forces`` ``(F, N, 3)`` kcal/mol/Å,
 
 so that :class:`relaxgnn.data.MD17` reads it back (in eV and eV/Å); a JSON file with every
-parameter is written beside it (same name, ``.json``). tblite is the optional ``md`` extra
-(``pip install relaxgnn[md]``).
+parameter is written beside it (same name, ``.json``). :class:`GeneratedMD` is such a data set
+generated on first use. tblite is the optional ``md`` extra (``pip install relaxgnn[md]``).
 """
 
 from __future__ import annotations
@@ -18,17 +18,18 @@ import ctypes
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch_geometric.data import Data
 
 from .. import __version__
 from ..atomic import atomic_write
-from .md17 import energy_factor
+from .md17 import MD17, energy_factor
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -282,3 +283,64 @@ def single_openmp_thread() -> Iterator[int | str]:
 
 __all__ = ["MOLECULES", "generate_md", "resolve_molecule", "single_openmp_thread",
            "thermalize"]
+
+
+# the parameters recorded in the .json that decide the frames (compared on first use)
+_RECORDED = {"molecule": "molecule", "method": "method", "temperature_K": "temperature",
+             "timestep_fs": "timestep_fs", "friction_per_fs": "friction", "seed": "seed",
+             "steps": "steps", "equilibration_steps": "equilibration_steps",
+             "sample_every": "sample_every"}
+
+
+class GeneratedMD(MD17):
+    """A GFN2-xTB trajectory (:func:`generate_md`) as an energy-and-forces data set, generated
+    on first use and cached at ``path`` (with its ``.json``): a later use with the same
+    parameters reads the file; with other parameters it is generated again (atomically, so an
+    interrupted generation leaves the old file). Energies in eV, forces in eV/Å.
+
+    Args:
+        path: the ``.npz`` file (its directory is created).
+        molecule, steps, temperature, timestep_fs, friction, seed, sample_every,
+            equilibration_steps, method: as :func:`generate_md`.
+        transform, dtype: see :class:`~relaxgnn.data.md17.EnergyForceDataset`.
+        progress: show the generation's progress bar.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        molecule: str = "ethanol",
+        steps: int = 20_000,
+        temperature: float = 500.0,
+        timestep_fs: float = 0.5,
+        friction: float = 0.01,
+        seed: int = 0,
+        sample_every: int = 10,
+        equilibration_steps: int = 1_000,
+        method: str = "GFN2-xTB",
+        transform: Callable[[Data], Data] | None = None,
+        dtype: torch.dtype = torch.float32,
+        progress: bool = True,
+    ) -> None:
+        path = Path(path)
+        wanted = dict(molecule=resolve_molecule(molecule)[0], steps=steps,
+                      temperature=temperature, timestep_fs=timestep_fs, friction=friction,
+                      seed=seed, sample_every=sample_every,
+                      equilibration_steps=equilibration_steps, method=method)
+        if self._recorded(path) != wanted:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            generate_md(molecule, out=path, progress=progress,
+                        **{k: v for k, v in wanted.items() if k != "molecule"})
+        super().__init__(path, energy_unit="kcal/mol", transform=transform, dtype=dtype)
+
+    @staticmethod
+    def _recorded(path: Path) -> dict[str, Any] | None:
+        """The generation parameters of an existing file (from its ``.json``), or ``None``."""
+        info_path = path.with_suffix(".json")
+        if not (path.is_file() and info_path.is_file()):
+            return None
+        try:
+            info = json.loads(info_path.read_text())
+            return {ours: info[theirs] for theirs, ours in _RECORDED.items()}
+        except (ValueError, KeyError, TypeError):
+            return None  # unreadable or foreign metadata: generate again

@@ -271,6 +271,10 @@ class QM9(Dataset):
         root: data directory; raw files are read from ``root/raw/`` and the processed cache is
             written to ``root/processed/``.
         skip_uncharacterized: leave out the molecules listed in ``raw/uncharacterized.txt``.
+        raw_dir: read the raw files from here instead of ``root/raw/`` (e.g. the sample
+            records in the repository's ``datasets/qm9/xyz``).
+        uncharacterized_file: the list of molecules to skip (default
+            ``<raw dir>/uncharacterized.txt``).
         transform: applied to each ``Data`` on access.
         dtype: floating dtype of ``pos`` and ``y`` (the cache keeps float64).
         download: fetch the original release and ``uncharacterized.txt`` from figshare when the
@@ -290,8 +294,13 @@ class QM9(Dataset):
         dtype: torch.dtype = torch.float32,
         download: bool = False,
         force_reload: bool = False,
+        raw_dir: str | os.PathLike | None = None,
+        uncharacterized_file: str | os.PathLike | None = None,
     ) -> None:
         self.root = Path(root)
+        self._raw_dir = Path(raw_dir) if raw_dir is not None else self.root / "raw"
+        self._uncharacterized = Path(uncharacterized_file) if uncharacterized_file is not None \
+            else None
         self.skip_uncharacterized = skip_uncharacterized
         self.transform = transform
         self.dtype = dtype
@@ -302,7 +311,7 @@ class QM9(Dataset):
             raise FileNotFoundError(self._missing_message())
         self.layout, files = found
         if skip_uncharacterized:
-            skip_file = self.raw_dir / UNCHARACTERIZED
+            skip_file = self.uncharacterized_path
             if not skip_file.is_file():
                 raise FileNotFoundError(
                     f"QM9: {skip_file} is missing; it lists the molecules to skip. Place "
@@ -324,7 +333,12 @@ class QM9(Dataset):
 
     @property
     def raw_dir(self) -> Path:
-        return self.root / "raw"
+        return self._raw_dir
+
+    @property
+    def uncharacterized_path(self) -> Path:
+        """The list of molecules to skip."""
+        return self._uncharacterized or self.raw_dir / UNCHARACTERIZED
 
     @property
     def processed_dir(self) -> Path:
@@ -392,7 +406,7 @@ class QM9(Dataset):
     def _process(self) -> dict[str, Tensor]:
         skip = set()
         if self.skip_uncharacterized:
-            skip = read_uncharacterized(self.raw_dir / UNCHARACTERIZED)
+            skip = read_uncharacterized(self.uncharacterized_path)
         kept: dict[int, Molecule] = {}
         for mol in self._molecules():
             if mol.idx in kept:

@@ -1,6 +1,7 @@
 r"""Putting relaxation paths on any module of a model, finding them, and removing them.
 
-:func:`attach` matches submodule names (``fnmatch`` on ``model.named_modules()``) and gives each
+:func:`attach` matches submodule names (glob patterns on ``model.named_modules()``, level by
+level: ``layers.*`` are the layers, not their submodules; ``**`` spans levels) and gives each
 match a :class:`~relaxgnn.relax.RelaxationPath`: a forward hook reads the module's input and adds
 :math:`\theta\, g(u)` to its output, so any module can be relaxed — relaxgnn's layers, e3nn's
 ``o3.Linear``, ``FullyConnectedTensorProduct`` or ``Gate``, or a user's own block — without
@@ -60,6 +61,9 @@ def _name(key: str) -> str:
 def attach(model: nn.Module, placement: Placement) -> dict[str, RelaxationPath]:
     r"""Relax the submodules of ``model`` named by ``placement``: ``{glob pattern: config}``.
 
+    Patterns match module names level by level: ``*``, ``?`` and ``[...]`` as in ``fnmatch``
+    within one level (``layers.*`` are the layers themselves, ``layers.*.update_layer_1`` one
+    submodule of each), ``**`` any number of levels (``**.lin`` every module named ``lin``).
     Each module whose name (in ``model.named_modules()``) matches a pattern gets one path
     (``config`` as for :meth:`RelaxConfig.parse`: a kind, a mapping of fields or a
     :class:`RelaxConfig`; ``None`` skips the pattern), or one per config of a list (paths on
@@ -85,7 +89,7 @@ def attach(model: nn.Module, placement: Placement) -> dict[str, RelaxationPath]:
     plan: dict[str, tuple[str, nn.Module, RelaxConfig, str]] = {}
     for pattern, config in _configs(placement):
         matched = [(n, m) for n, m in modules
-                   if (n == pattern if pattern == "" else n and fnmatch.fnmatchcase(n, pattern))]
+                   if (n == pattern if pattern == "" else n and matches(n, pattern))]
         if not matched:
             names = [n for n, _ in modules if n][:12]
             raise ValueError(f"relaxation pattern {pattern!r} matches no module of "
@@ -118,6 +122,20 @@ def attach(model: nn.Module, placement: Placement) -> dict[str, RelaxationPath]:
         module.register_forward_hook(path.hook, with_kwargs=True)
         paths[full] = path
     return paths
+
+
+def matches(name: str, pattern: str) -> bool:
+    """Whether the dotted module ``name`` matches ``pattern`` level by level (see
+    :func:`attach`)."""
+    def match(parts: list[str], pats: list[str]) -> bool:
+        if not pats:
+            return not parts
+        if pats[0] == "**":
+            return any(match(parts[k:], pats[1:]) for k in range(len(parts) + 1))
+        return bool(parts) and fnmatch.fnmatchcase(parts[0], pats[0]) \
+            and match(parts[1:], pats[1:])
+
+    return match(name.split("."), pattern.split("."))
 
 
 def _floating_tensor(module: nn.Module):
