@@ -34,10 +34,12 @@ def test_environment_matches_pyproject():
 
 def test_required_extras_and_script():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert set(project["optional-dependencies"]) >= {"train", "md", "scatter", "notebooks", "dev"}
+    assert set(project["optional-dependencies"]) >= {"train", "md", "notebooks", "dev"}
+    # no extra that does nothing: torch-scatter is never called (benchmarks/README.md)
+    assert "scatter" not in project["optional-dependencies"]
     names = {r.split(">")[0].split("<")[0].split("=")[0] for r in project["dependencies"]}
     assert {"torch", "torch-geometric", "e3nn", "ase", "numpy", "vesin-torch"} <= names
-    assert "torch-scatter" not in names  # optional accelerator only
+    assert "torch-scatter" not in names
     assert project["scripts"]["relaxgnn"] == "relaxgnn.cli:main"
 
 
