@@ -30,9 +30,9 @@ def model_of(config: Path):
     return build_model(spec)
 
 
-def test_all_four_configs_exist():
-    assert [c.stem for c in CONFIGS] == ["nbody_egnn", "nbody_egnn_relaxed", "nbody_segnn",
-                                         "nbody_segnn_relaxed"]
+def test_every_arm_has_a_config():
+    assert [c.stem for c in CONFIGS] == [f"nbody_{model}{arm}" for model in ("egnn", "segnn")
+                                         for arm in ("", "_dual", "_relaxed", "_resilient")]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
@@ -53,7 +53,8 @@ def test_config_models_on_nbody_inputs(config, nbody_batch):
         relax = Relaxation(model, Constant(1.0, 10))
         with torch.no_grad():
             for path in relax.paths.values():
-                path.g.weight.normal_(0, 0.01)
+                for p in path.g.parameters():
+                    p.normal_(0, 0.01)
         assert equivariance_error(model, batch)["rotation"] > 1e-6
         assert max(equivariance_error(project(model), batch, trials=2).values()) < 1e-9
 

@@ -101,6 +101,19 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
             "init_args": init_args}
 
 
+def plain_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec`` with every ``relax`` argument (nested specs too) set to ``None``: the
+    architecture never relaxed."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: (None if k == "relax" else plain(v)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dict(spec))
+
+
 def build_model(spec: Mapping[str, Any], source: str | os.PathLike | None = None) -> nn.Module:
     """Instantiate ``spec["class_path"](**spec["init_args"])`` for a registered class (see
     :func:`register_model`); ``source`` (a file) is named in the errors."""

@@ -1,8 +1,9 @@
 """Constraint relaxation: paths attached to any module, θ schedules, Lie-derivative penalties,
 the controller that owns θ, and projection."""
 
-from .attach import RelaxationPaths, attach, find_paths, project
-from .controller import Relaxation
+from .attach import RelaxationPaths, RelaxationState, attach, find_paths, plain_state, project
+from .controller import Relaxation, RelaxationController
+from .learned import LearnedRelaxation, RelaxationGammas
 from .lie import lie_derivative, translation_derivative
 from .path import RelaxationPath, RelaxationWarning, RelaxConfig
 from .penalties import linear_penalties, path_penalties
@@ -12,11 +13,15 @@ __all__ = [
     "SCHEDULES",
     "Constant",
     "CosineDecay",
+    "LearnedRelaxation",
     "LinearDecay",
     "RelaxConfig",
     "Relaxation",
     "RelaxationPath",
+    "RelaxationController",
+    "RelaxationGammas",
     "RelaxationPaths",
+    "RelaxationState",
     "RelaxationWarning",
     "Schedule",
     "Step",
@@ -26,6 +31,7 @@ __all__ = [
     "lie_derivative",
     "linear_penalties",
     "path_penalties",
+    "plain_state",
     "project",
     "translation_derivative",
 ]

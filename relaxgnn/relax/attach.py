@@ -37,7 +37,12 @@ Placement = Mapping[str, PathSpec | Sequence[PathSpec]]
 _FIELDS = {f.name for f in dataclasses.fields(RelaxConfig)}
 
 
-class RelaxationPaths(nn.ModuleDict):
+class RelaxationState(nn.Module):
+    """Base of the containers relaxation adds to a model (paths, learned scales); every one of
+    them is removed by :func:`project`."""
+
+
+class RelaxationPaths(nn.ModuleDict, RelaxationState):
     """The paths :func:`attach` put on a model, keyed by their names (``.`` → ``:``). Never
     called: the hooks evaluate the paths."""
 
@@ -83,8 +88,8 @@ def attach(model: nn.Module, placement: Placement) -> dict[str, RelaxationPath]:
         raise TypeError(f"placement must be a mapping {{glob pattern: config}}, got "
                         f"{type(placement).__name__}")
     modules = [(n, m) for n, m in model.named_modules()
-               if not isinstance(m, (RelaxationPath, RelaxationPaths))
-               and f".{CONTAINER}." not in f".{n}."]
+               if not isinstance(m, (RelaxationPath, RelaxationState))
+               and not any(isinstance(owner, RelaxationState) for owner in _owners(model, n))]
     taken = set(find_paths(model))
     plan: dict[str, tuple[str, nn.Module, RelaxConfig, str]] = {}
     for pattern, config in _configs(placement):
@@ -122,6 +127,15 @@ def attach(model: nn.Module, placement: Placement) -> dict[str, RelaxationPath]:
         module.register_forward_hook(path.hook, with_kwargs=True)
         paths[full] = path
     return paths
+
+
+def _owners(model: nn.Module, name: str) -> list[nn.Module]:
+    """The modules above ``name`` in ``model``."""
+    parts, owners, module = name.split(".") if name else [], [], model
+    for part in parts[:-1]:
+        module = getattr(module, part)
+        owners.append(module)
+    return owners
 
 
 def matches(name: str, pattern: str) -> bool:
@@ -276,7 +290,7 @@ def project(model: nn.Module) -> nn.Module:
     built without relaxation and loads into it with ``strict=True``; its outputs equal
     ``model``'s at θ = 0. Modules' ``relax`` attributes (the shorthand a relaxgnn model was
     built with) become ``None``."""
-    keys = {k for k in model.state_dict() if f"{CONTAINER}." not in k}
+    keys = set(plain_state(model.state_dict()))
     projected = copy.deepcopy(model)
     for module in projected.modules():
         hooks = module._forward_hooks
@@ -284,12 +298,21 @@ def project(model: nn.Module) -> nn.Module:
             if isinstance(getattr(hook, "__self__", None), RelaxationPath):
                 del hooks[handle_id]
                 module._forward_hooks_with_kwargs.pop(handle_id, None)
-        if isinstance(getattr(module, CONTAINER, None), RelaxationPaths):
-            delattr(module, CONTAINER)
+        for name, child in list(module.named_children()):
+            if isinstance(child, RelaxationState):
+                delattr(module, name)
         if hasattr(module, "relax"):
             module.relax = None
     _keep_state_keys(projected, keys)
     return projected
+
+
+def plain_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` without the entries of relaxation containers (paths, learned scales): the
+    state dict of the model never relaxed."""
+    return {k: v for k, v in state.items()
+            if not any(part in ("relaxation_paths", "relaxation_gammas")
+                       for part in k.split("."))}
 
 
 def _keep_state_keys(model: nn.Module, keys: set[str]) -> None:

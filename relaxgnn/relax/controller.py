@@ -33,45 +33,19 @@ from .penalties import linear_penalties, path_penalties
 from .schedules import Schedule
 
 
-class Relaxation:
-    """Drive the relaxation of ``model``.
+class RelaxationController:
+    """What every controller of a relaxed model does: own θ (the paths read it; nothing else
+    sets it), record the inputs the paths see, sum their penalties, report per-block numbers,
+    pause for evaluation and project. Subclasses say where θ comes from: a schedule
+    (:class:`Relaxation`, the relaxation paper's) or learned scalars under a constraint
+    (:class:`~relaxgnn.relax.LearnedRelaxation`, ACE's).
 
-    Typical loop::
-
-        relax = Relaxation(model, LinearDecay(1.0, total_steps), lie_weight=0.01)
-        for i, batch in enumerate(loader):
-            relax.step(i)                       # θ from the schedule
-            with relax.record():                # the paths' inputs, for the penalty
-                prediction = model(batch)
-            loss = task_loss(prediction, batch) + relax.penalty()
-            ...
-        model = relax.project()
-
-    θ is owned here: the paths read it, nothing else sets it, and it is not part of the model's
-    ``state_dict`` (a relaxed model without its controller computes the plain model);
-    :meth:`state_dict` holds the schedule position. Creating a controller makes it the driver of
-    the model's paths (a previous controller of the same paths stops driving them).
-
-    Args:
-        model: a model with relaxation paths (built with ``relax=...``, or given paths with
-            :func:`~relaxgnn.relax.attach`).
-        schedule: one :class:`~relaxgnn.relax.schedules.Schedule` for every path, or a mapping
-            from glob patterns of path names (see :attr:`paths`) to schedules; each path takes
-            the first pattern that matches it.
-        lie_weight, norm_weight, reflection_weight: :math:`\\lambda_L, \\lambda_N, \\lambda_R`.
-        interval: ``"step"`` or ``"epoch"``: what the step index counts (read by the training
-            engine; the controller itself just evaluates the schedule at the index given).
+    Creating a controller makes it the driver of the model's paths (a previous controller of
+    the same paths stops driving them).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        schedule: Schedule | Mapping[str, Schedule],
-        lie_weight: float = 0.01,
-        norm_weight: float = 0.01,
-        reflection_weight: float = 0.0,
-        interval: str = "step",
-    ) -> None:
+    def __init__(self, model: nn.Module, lie_weight: float, norm_weight: float,
+                 reflection_weight: float) -> None:
         self.model = model
         self.paths = find_paths(model)
         if not self.paths:
@@ -82,12 +56,9 @@ class Relaxation:
                              ("reflection_weight", reflection_weight)):
             if not math.isfinite(weight) or weight < 0:
                 raise ValueError(f"{name} must be a finite non-negative number, got {weight}")
-        if interval not in ("step", "epoch"):
-            raise ValueError(f"interval must be 'step' or 'epoch', got {interval!r}")
         self.lie_weight, self.norm_weight = float(lie_weight), float(norm_weight)
         self.reflection_weight = float(reflection_weight)
-        self.interval = interval
-        self.schedules = self._assign(schedule)
+        self.relative = False  # scale the path penalties by the task loss (see penalty)
         self._recording: dict[str, list[Tensor]] | None = None
         self._recorded: dict[str, list[Tensor]] | None = None
         self._paused = False
@@ -95,42 +66,23 @@ class Relaxation:
         for path in self.paths.values():
             path._controller = weakref.ref(self)
         self.step_index = 0
-        self.step(0)
-
-    def _assign(self, schedule: Schedule | Mapping[str, Schedule]) -> dict[str, Schedule]:
-        if isinstance(schedule, Schedule):
-            return dict.fromkeys(self.paths, schedule)
-        if not isinstance(schedule, Mapping):
-            raise TypeError(f"schedule must be a Schedule or a mapping of them, got "
-                            f"{type(schedule).__name__}")
-        assigned = {}
-        for name in self.paths:
-            match = next((s for pattern, s in schedule.items() if fnmatch.fnmatch(name, pattern)),
-                         None)
-            if match is None:
-                raise ValueError(f"no schedule pattern among {list(schedule)} matches the path "
-                                 f"{name!r}")
-            assigned[name] = match
-        return assigned
 
     def _check_driving(self) -> None:
         if any(path.controller is not self for path in self.paths.values()):
-            raise RuntimeError("this Relaxation no longer drives the model's paths: another "
+            raise RuntimeError("this controller no longer drives the model's paths: another "
                                "controller took them over, or it was closed")
 
     # ------------------------------------------------------------------ θ
-    @property
-    def total_steps(self) -> int:
-        """The longest schedule's length: after it every θ is 0."""
-        return max(s.total_steps for s in self.schedules.values())
+    def _thetas_at(self, index: int) -> dict[str, float | Tensor]:  # pragma: no cover
+        raise NotImplementedError
 
     def step(self, index: int) -> float:
-        """Set every path's θ to its schedule's value at ``index``; returns the largest θ."""
+        """Set every path's θ for step ``index``; returns the largest θ."""
         self._check_driving()
         self.step_index = int(index)
         self._paused = False
-        for name, path in self.paths.items():
-            path._set_theta(self.schedules[name](self.step_index))
+        for name, theta in self._thetas_at(self.step_index).items():
+            self.paths[name]._set_theta(theta)
         return self.theta
 
     @property
@@ -177,7 +129,7 @@ class Relaxation:
 
     # ------------------------------------------------------------------ inputs and penalties
     @contextmanager
-    def record(self) -> Iterator[Relaxation]:
+    def record(self) -> Iterator[RelaxationController]:
         """Record the inputs every active path sees in the forward passes inside the block (all
         of them, if there are several); :meth:`penalty` and :meth:`metrics` then use exactly
         these. Forward passes outside a recording (evaluation, monitoring) are not recorded."""
@@ -232,9 +184,17 @@ class Relaxation:
                 terms[name] = {term: value[i] for term, value in batch.items()}
         return {name: terms[name] for name in inputs}  # in the model's order
 
-    def penalty(self) -> Tensor:
+    def penalty(self, task_loss: Tensor | None = None) -> Tensor:
         """The weighted penalty (module docstring) on the recorded inputs; 0 when θ = 0
-        everywhere (nothing is relaxed, nothing to penalise)."""
+        everywhere (nothing is relaxed, nothing to penalise). With :attr:`relative` set it is
+        multiplied by the detached ``task_loss``, so that the weights λ are relative to the
+        task's scale."""
+        total = self._path_penalty()
+        if self.relative and task_loss is not None:
+            total = total * task_loss.detach()
+        return total
+
+    def _path_penalty(self) -> Tensor:
         total = None
         for terms in self._terms().values():
             value = self.lie_weight * terms["lie"] + self.norm_weight * terms["norm"]
@@ -266,6 +226,77 @@ class Relaxation:
         """:func:`~relaxgnn.relax.project` of the model (the controller's model is left as it
         is)."""
         return project(self.model)
+
+
+class Relaxation(RelaxationController):
+    """Drive the relaxation of ``model`` with θ on a schedule (the relaxation paper's method).
+
+    Typical loop::
+
+        relax = Relaxation(model, LinearDecay(1.0, total_steps), lie_weight=0.01)
+        for i, batch in enumerate(loader):
+            relax.step(i)                       # θ from the schedule
+            with relax.record():                # the paths' inputs, for the penalty
+                prediction = model(batch)
+            loss = task_loss(prediction, batch) + relax.penalty()
+            ...
+        model = relax.project()
+
+    θ is owned here (:class:`RelaxationController`): it is not part of the model's
+    ``state_dict`` (a relaxed model without its controller computes the plain model);
+    :meth:`state_dict` holds the schedule position.
+
+    Args:
+        model: a model with relaxation paths (built with ``relax=...``, or given paths with
+            :func:`~relaxgnn.relax.attach`).
+        schedule: one :class:`~relaxgnn.relax.schedules.Schedule` for every path, or a mapping
+            from glob patterns of path names (see :attr:`paths`) to schedules; each path takes
+            the first pattern that matches it.
+        lie_weight, norm_weight, reflection_weight: :math:`\\lambda_L, \\lambda_N, \\lambda_R`.
+        interval: ``"step"`` or ``"epoch"``: what the step index counts (read by the training
+            engine; the controller itself just evaluates the schedule at the index given).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        schedule: Schedule | Mapping[str, Schedule],
+        lie_weight: float = 0.01,
+        norm_weight: float = 0.01,
+        reflection_weight: float = 0.0,
+        interval: str = "step",
+    ) -> None:
+        super().__init__(model, lie_weight, norm_weight, reflection_weight)
+        if interval not in ("step", "epoch"):
+            raise ValueError(f"interval must be 'step' or 'epoch', got {interval!r}")
+        self.interval = interval
+        self.schedules = self._assign(schedule)
+        self.step(0)
+
+    def _assign(self, schedule: Schedule | Mapping[str, Schedule]) -> dict[str, Schedule]:
+        if isinstance(schedule, Schedule):
+            return dict.fromkeys(self.paths, schedule)
+        if not isinstance(schedule, Mapping):
+            raise TypeError(f"schedule must be a Schedule or a mapping of them, got "
+                            f"{type(schedule).__name__}")
+        assigned = {}
+        for name in self.paths:
+            match = next((s for pattern, s in schedule.items() if fnmatch.fnmatch(name, pattern)),
+                         None)
+            if match is None:
+                raise ValueError(f"no schedule pattern among {list(schedule)} matches the path "
+                                 f"{name!r}")
+            assigned[name] = match
+        return assigned
+
+    # ------------------------------------------------------------------ θ
+    @property
+    def total_steps(self) -> int:
+        """The longest schedule's length: after it every θ is 0."""
+        return max(s.total_steps for s in self.schedules.values())
+
+    def _thetas_at(self, index: int) -> dict[str, float]:
+        return {name: self.schedules[name](index) for name in self.paths}
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import inspect
 import math
+import re
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
@@ -43,10 +44,13 @@ class RelaxConfig:
         kind: ``"linear"`` — a bias-free matrix with weights ``N(0, init_std²)`` (the paper's
             choice; its Lie derivative has a closed form) — or ``"mlp"`` — an MLP with
             ``layers`` hidden layers of width ``hidden`` and ``activation`` whose last layer
-            starts at ``N(0, init_std²)`` with zero bias (ACE's branch is ``layers=2``,
-            ``activation="gelu"``).
-        hidden, layers, activation: the MLP's shape (ignored for ``"linear"``).
-        init_std: standard deviation of the initial (last-layer) weights.
+            starts at ``N(0, init_std²)`` with zero bias.
+        hidden, layers, activation: the MLP's shape (ignored for ``"linear"``). ``hidden`` is
+            a width, or a list of widths (one per hidden layer; ``layers`` is then ignored)
+            where ``"<k>x"`` means k times the path's output dimension: ACE's branch is
+            ``hidden=["2x", "1x"], activation="gelu", init_std=None``.
+        init_std: standard deviation of the initial (last-layer) weights; ``None``: the last
+            layer starts like the others (``nn.Linear``'s initialisation, as ACE's).
 
     Where it reads and writes (for :func:`~relaxgnn.relax.attach`):
         inputs: the forward arguments of the module the path reads, by name or position
@@ -74,10 +78,10 @@ class RelaxConfig:
     """
 
     kind: PathKind = "linear"
-    hidden: int = 64
+    hidden: int | tuple[int | str, ...] = 64
     layers: int = 1
     activation: str = "silu"
-    init_std: float = 1e-4
+    init_std: float | None = 1e-4
     inputs: tuple[str | int, ...] | None = None
     irreps_in: str | Mapping[str, str] | None = None
     irreps_out: str | None = None
@@ -90,14 +94,23 @@ class RelaxConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("linear", "mlp"):
             raise ValueError(f"unknown relaxation path kind {self.kind!r}: use 'linear' or 'mlp'")
-        if self.hidden < 1 or self.layers < 1:
-            raise ValueError(f"an mlp path needs hidden >= 1 and layers >= 1, got "
-                             f"hidden={self.hidden}, layers={self.layers}")
+        if isinstance(self.hidden, (list, tuple)):
+            object.__setattr__(self, "hidden", tuple(self.hidden))
+            for width in self.hidden:
+                if not (isinstance(width, int) and width >= 1 or isinstance(width, str)
+                        and re.fullmatch(r"\d+(\.\d+)?x", width)):
+                    raise ValueError(f"hidden widths are positive integers or '<k>x' "
+                                     f"(k times the output dimension), got {width!r}")
+        elif self.hidden < 1:
+            raise ValueError(f"an mlp path needs hidden >= 1, got hidden={self.hidden}")
+        if self.layers < 1:
+            raise ValueError(f"an mlp path needs layers >= 1, got layers={self.layers}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; choose from "
                              f"{sorted(ACTIVATIONS)}")
-        if not (math.isfinite(self.init_std) and self.init_std >= 0):
-            raise ValueError(f"init_std must be finite and >= 0, got {self.init_std}")
+        if self.init_std is not None and not (math.isfinite(self.init_std)
+                                              and self.init_std >= 0):
+            raise ValueError(f"init_std must be finite and >= 0 (or None), got {self.init_std}")
         for name in ("inputs", "translates", "targets"):
             value = getattr(self, name)
             if value is not None:
@@ -140,6 +153,13 @@ class RelaxConfig:
             return cls(**value)
         raise TypeError(f"relax must be None, a path kind, a mapping or RelaxConfig, got "
                         f"{type(value).__name__}")
+
+    def hidden_widths(self, d_out: int) -> list[int]:
+        """The MLP's hidden widths for a path with ``d_out`` outputs."""
+        if not isinstance(self.hidden, tuple):
+            return [self.hidden] * self.layers
+        return [w if isinstance(w, int) else max(1, round(float(w[:-1]) * d_out))
+                for w in self.hidden]
 
     def replace(self, **changes: Any) -> RelaxConfig:
         return dataclasses.replace(self, **changes)
@@ -203,7 +223,7 @@ class RelaxationPath(nn.Module):
             if self.config.kind == "linear":
                 self.g: nn.Module = nn.Linear(d_in, d_out, bias=False)
             else:
-                sizes = [d_in] + [self.config.hidden] * self.config.layers + [d_out]
+                sizes = [d_in] + self.config.hidden_widths(d_out) + [d_out]
                 layers: list[nn.Module] = []
                 for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
                     layers.append(nn.Linear(a, b))
@@ -219,40 +239,43 @@ class RelaxationPath(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Weights ``N(0, init_std²)`` (the MLP's last layer; its other layers as ``nn.Linear``),
-        drawn from :func:`_own_generator`."""
+        """Weights as ``nn.Linear`` initialises them, then the last (or only) layer
+        ``N(0, init_std²)`` with zero bias unless ``init_std`` is ``None``; drawn from
+        :func:`_own_generator`."""
         gen = _own_generator(self.salt)
         std = self.config.init_std
         with torch.no_grad():
-            if isinstance(self.g, nn.Linear):
-                nn.init.normal_(self.g.weight, 0.0, std, generator=gen)
-                return
-            linears = [m for m in self.g if isinstance(m, nn.Linear)]
-            for m in linears[:-1]:  # nn.Linear's own initialisation, with our generator
+            linears = [m for m in self.g.modules() if isinstance(m, nn.Linear)]
+            for m in linears[:-1] if std is not None else linears:  # nn.Linear's own init
                 nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=gen)
-                bound = 1 / math.sqrt(m.in_features)
-                nn.init.uniform_(m.bias, -bound, bound, generator=gen)
-            nn.init.normal_(linears[-1].weight, 0.0, std, generator=gen)
-            nn.init.zeros_(linears[-1].bias)
+                if m.bias is not None:
+                    bound = 1 / math.sqrt(m.in_features)
+                    nn.init.uniform_(m.bias, -bound, bound, generator=gen)
+            if std is not None:  # the last layer near zero
+                nn.init.normal_(linears[-1].weight, 0.0, std, generator=gen)
+                if linears[-1].bias is not None:
+                    nn.init.zeros_(linears[-1].bias)
 
     # ------------------------------------------------------------------ θ (the controller's)
     @property
     def theta(self) -> float:
-        """θ as the controller last set it (0 without a controller)."""
-        return self._theta
+        """θ as the controller last set it (0 without a controller), as a number."""
+        return float(self._theta.detach()) if isinstance(self._theta, Tensor) else self._theta
 
     @property
     def active(self) -> bool:
-        """Whether θ ≠ 0 (a Python float: no device synchronisation)."""
-        return self._theta != 0.0
+        """Whether the path is evaluated: θ ≠ 0, or θ is a learned scalar (a tensor: the path
+        must run for θ to get its gradient). No device synchronisation."""
+        return isinstance(self._theta, Tensor) or self._theta != 0.0
 
     @property
     def controller(self):
         """The :class:`~relaxgnn.relax.Relaxation` that drives this path, or ``None``."""
         return self._controller() if self._controller is not None else None
 
-    def _set_theta(self, theta: float) -> None:  # only the controller calls this
-        self._theta = float(theta)
+    def _set_theta(self, theta: float | Tensor) -> None:  # only a controller calls this
+        # a learned θ is the controller's parameter: held here, never registered on the path
+        self.__dict__["_theta"] = theta if isinstance(theta, Tensor) else float(theta)
 
     # ------------------------------------------------------------------ evaluation
     def forward(self, x: Tensor) -> Tensor:
@@ -322,7 +345,7 @@ class RelaxationPath(nn.Module):
     def extra_repr(self) -> str:
         reads = ", ".join(s.name for s in self.inputs)
         return (f"{self.irreps_in} -> {self.irreps_out}, kind={self.config.kind}"
-                + (f", reads=[{reads}]" if reads else "") + f", theta={self._theta:g}")
+                + (f", reads=[{reads}]" if reads else "") + f", theta={self.theta:g}")
 
 
 _warned = [False]  # the training-without-controller warning is given once per process

@@ -1,7 +1,5 @@
-"""Callbacks that put relaxation into a Lightning run.
+"""Callbacks of a relaxgnn run (the relaxation controller's is :mod:`relaxgnn.train.relaxation`).
 
-- :class:`Relax` builds the :class:`~relaxgnn.relax.Relaxation` controller, sets θ from the
-  schedule before every optimizer step (or epoch), lets the module add the penalty, and logs θ.
 - :class:`ExportModel` projects the model at the end of ``fit``, measures its equivariance
   error, logs it, and saves the projected (exactly equivariant) model next to the checkpoints.
 - :class:`EquivarianceMonitor` logs the relaxed model's equivariance error and the per-block
@@ -12,126 +10,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 
 from ..models.io import save_model
-from ..relax import SCHEDULES, Relaxation, find_paths, project
+from ..relax import LearnedRelaxation, find_paths, project
 from ..symmetry import equivariance_error
-
-ScheduleName = Literal["Constant", "LinearDecay", "CosineDecay", "Triangle", "Step"]
-
-
-class Relax(Callback):
-    """Schedule θ and add the relaxation penalty.
-
-    Args:
-        schedule: ``Constant``, ``LinearDecay``, ``CosineDecay``, ``Triangle`` or ``Step``.
-        theta: θ0 (θmax for ``Triangle``).
-        interval: ``"step"`` (θ per optimizer step; length = the run's optimizer steps) or
-            ``"epoch"`` (θ per epoch; length = ``max_epochs``). The schedule reaches 0 at the
-            last step or epoch of the run.
-        milestones, gamma: for ``Step``, as fractions of the run (e.g. ``[0.5, 0.75]``).
-        lie_weight, norm_weight, reflection_weight: penalty weights λ.
-        total_steps: the schedule's length (in steps or epochs, as ``interval``); by default
-            the length of the run when it starts. A resumed run keeps the length it started
-            with — extending a finished run trains on at θ = 0 — unless ``total_steps`` is
-            given, which changes it (and says so).
-    """
-
-    def __init__(
-        self,
-        schedule: ScheduleName = "Triangle",
-        theta: float = 1.0,
-        interval: Literal["step", "epoch"] = "step",
-        milestones: list[float] | None = None,
-        gamma: float = 0.1,
-        lie_weight: float = 0.01,
-        norm_weight: float = 0.01,
-        reflection_weight: float = 0.0,
-        total_steps: int | None = None,
-    ) -> None:
-        if total_steps is not None and total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {schedule!r}; choose from {sorted(SCHEDULES)}")
-        if interval not in ("step", "epoch"):
-            raise ValueError(f"interval must be 'step' or 'epoch', got {interval!r}")
-        self.schedule_name, self.theta = schedule, theta
-        self.interval, self.milestones, self.gamma = interval, milestones or [0.5, 0.75], gamma
-        self.weights = dict(lie_weight=lie_weight, norm_weight=norm_weight,
-                            reflection_weight=reflection_weight)
-        self.total_steps = total_steps
-        self.controller: Relaxation | None = None
-        self._length = 0
-
-    def _schedule(self, total: int):
-        cls = SCHEDULES[self.schedule_name]
-        if self.schedule_name == "Step":
-            return cls(self.theta, total, [max(1, round(m * total)) for m in self.milestones],
-                       self.gamma)
-        return cls(self.theta, total)
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        if self.interval == "epoch":
-            total = trainer.max_epochs
-            if total is None or total < 1:
-                raise ValueError("Relax(interval='epoch') needs trainer.max_epochs")
-        else:
-            total = int(trainer.estimated_stepping_batches)
-        self._build(pl_module, self.total_steps or total)
-
-    def _build(self, pl_module: LightningModule, length: int) -> None:
-        self._module = pl_module
-        schedule = self._schedule(length)
-        self._length = length
-        self.controller = Relaxation(pl_module.model, schedule, interval=self.interval,
-                                     **self.weights)
-        pl_module.relaxation = self.controller
-        rank_zero_info(f"relaxation: {schedule!r} over {length} {self.interval}s, "
-                       f"{len(self.controller.paths)} paths")
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume: the schedule keeps the length the run started with (see the class
-        docstring), and θ continues from the saved step."""
-        if self.controller is None or not state:
-            return
-        saved = state.get("total_steps")
-        if saved is not None and saved != self._length:
-            if self.total_steps is None:
-                rank_zero_info(f"relaxation: the resumed run keeps its schedule of {saved} "
-                               f"{self.interval}s (this run is {self._length}); θ is 0 after it. "
-                               "Give Relax(total_steps=...) to change the length")
-                self._build(self._module, saved)
-            else:
-                rank_zero_warn(f"relaxation: schedule length changed on resume from {saved} to "
-                               f"{self._length} {self.interval}s (Relax(total_steps=...))")
-                return
-        self.controller.load_state_dict(state)
-
-    def _index(self, trainer: Trainer) -> int:
-        return trainer.global_step if self.interval == "step" else trainer.current_epoch
-
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
-                             batch_idx: int) -> None:
-        if self.controller is not None:
-            theta = self.controller.step(self._index(trainer))
-            pl_module.log("theta", theta, prog_bar=True, batch_size=1)
-
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit" and self.controller is not None:
-            self.controller.close()  # θ = 0: what follows (test, predict) is the projection
-            pl_module.relaxation = None
-
-    def state_dict(self) -> dict[str, Any]:
-        if self.controller is None:
-            return {}
-        return {**self.controller.state_dict(), "total_steps": self._length}
 
 
 class ExportModel(Callback):
@@ -163,6 +50,11 @@ class ExportModel(Callback):
         summary = {"model": str(self.path), "relaxed_during_training": was_relaxed,
                    "projected_equivariance_error": errors,
                    "global_step": trainer.global_step, "epochs": trainer.current_epoch}
+        controller = getattr(pl_module, "relaxation", None)
+        if isinstance(controller, LearnedRelaxation):
+            summary["last_gammas"] = controller.values()  # γ, λ (and u) per group at the end
+        elif controller is not None:
+            summary["last_thetas"] = controller.thetas
         (Path(log_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
         for logger in trainer.loggers:
             logger.log_metrics({f"projected/equivariance_{k}": v for k, v in errors.items()},

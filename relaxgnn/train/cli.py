@@ -24,8 +24,15 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 
-from ..models.io import build_model, check_format, load_state, load_weights_only, save_model
-from ..relax import find_paths, project
+from ..models.io import (
+    build_model,
+    check_format,
+    load_state,
+    load_weights_only,
+    plain_spec,
+    save_model,
+)
+from ..relax import find_paths, plain_state
 from .callbacks import ExportModel, ValidateLastEpoch
 from .checkpoint_io import AtomicCheckpointIO
 from .datamodule import GraphDataModule
@@ -183,11 +190,13 @@ def project_checkpoint(ckpt_path: str | Path, out: str | Path) -> Path:
         raise ValueError(f"{ckpt_path} is not a relaxgnn training checkpoint (no relaxgnn_model "
                          "entry)")
     check_format(checkpoint, spec, ckpt_path, key="relaxgnn_format")
-    model = build_model(spec, source=ckpt_path)
-    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()
-             if k.startswith("model.")}
+    # the projection is the architecture without relaxation, with the checkpoint's weights
+    # less its relaxation containers (paths, learned γ): built and loaded directly
+    model = build_model(plain_spec(spec), source=ckpt_path)
+    state = plain_state({k.removeprefix("model."): v
+                         for k, v in checkpoint["state_dict"].items() if k.startswith("model.")})
     dtype = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
     model = model.to(dtype)
     load_state(model, state, ckpt_path)
-    return save_model(project(model), out, source_checkpoint=str(ckpt_path),
+    return save_model(model, out, source_checkpoint=str(ckpt_path),
                       global_step=checkpoint.get("global_step"))

@@ -235,7 +235,7 @@ class RelaxGNNModule(LightningModule):
                 terms = self._losses(batch, training=True)
         loss = terms["loss"]
         if self.relaxation is not None:
-            penalty = self.relaxation.penalty()
+            penalty = self.relaxation.penalty(task_loss=loss)
             self.log("train/penalty", penalty.detach(), batch_size=batch.num_graphs)
             loss = loss + penalty
         if not torch.isfinite(loss):

@@ -16,6 +16,8 @@ PANELS = {
     "loss": ("loss (task + penalty)", ["train/loss", "val/loss"], True),
     "theta": ("relaxation θ", ["theta"], False),
     "penalty": ("relaxation penalty", ["train/penalty"], True),
+    "gamma": ("learned relaxation: γ and slack u per group", ("relax/gamma/", "relax/u/"), False),
+    "lambda": ("learned relaxation: multiplier λ per group", ("relax/lambda/",), False),
     "equivariance": ("relative equivariance error", None, True),
 }
 
@@ -50,8 +52,10 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     out_dir.mkdir(exist_ok=True)
     written = []
     for panel, (title, keys, log_scale) in PANELS.items():
-        keys = keys or sorted(k for k in series if k.startswith("equivariance/")
-                              or k.startswith("projected/"))
+        if keys is None:
+            keys = sorted(k for k in series if k.startswith(("equivariance/", "projected/")))
+        elif isinstance(keys, tuple):  # prefixes
+            keys = sorted(k for k in series if k.startswith(keys))
         keys = [k for k in keys if k in series]
         if not keys:
             continue

@@ -1,0 +1,199 @@
+"""Learned relaxation (ACE): γ per path group under γ = 0 or |γ| ≤ u, the dual ascent on λ,
+resume, and projection to an exactly equivariant model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import molecule_data, point_cloud
+from torch_geometric.data import Batch
+
+from relaxgnn.dtype import default_dtype
+from relaxgnn.models import EGNN, SEGNN
+from relaxgnn.relax import LearnedRelaxation, find_paths, project
+from relaxgnn.symmetry import equivariance_error
+
+ACE_PATH = {"kind": "mlp", "hidden": ["2x", "1x"], "activation": "gelu", "init_std": None}
+
+
+def segnn(relax=ACE_PATH, seed=0):
+    torch.manual_seed(seed)
+    with default_dtype(torch.float64):
+        return SEGNN({"vel": "1x1o"}, velocity_field="vel", pair_fields=["charges"],
+                     irreps_hidden="4x0e+2x1o", num_layers=2, relax=relax)
+
+
+def data():
+    return Batch.from_data_list([molecule_data("H2O"), point_cloud(5, seed=3)])
+
+
+def constraint_only(relax, steps, lr=1e-2):
+    """Optimise γ against the constraint alone (no task loss): primal Adam, dual ascent."""
+    params = [p for p in relax.container.parameters()]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    history = []
+    for i in range(steps):
+        relax.step(i)
+        loss = relax.penalty()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        relax.dual_step()
+        history.append(relax.values())
+    return history
+
+
+def test_ace_branch_shape_and_one_gamma_per_path():
+    model = segnn()
+    path = find_paths(model)["layers.0.update_layer_1"]
+    widths = [m.out_features for m in path.g if isinstance(m, torch.nn.Linear)]
+    d = path.irreps_out.dim
+    assert widths == [2 * d, d, d] and isinstance(path.g[1], torch.nn.GELU)
+    relax = LearnedRelaxation(model)
+    assert relax.groups == list(find_paths(model)) and all(
+        v == {"gamma": 1.0, "lambda": 0.0} for v in relax.values().values())
+    grouped = LearnedRelaxation(segnn(), groups={"layers.0.*": "first", "layers.1.*": "second"})
+    assert grouped.groups == ["first", "second"]
+    assert len(list(grouped.container.parameters())) == 2
+
+
+def test_equality_constraint_pulls_gamma_to_zero_and_lambda_grows_while_it_is_not():
+    """Under the constraint alone (no task), λ grows while γ > 0 and its pull brings γ from 1
+    down through 0; the bilinear game then oscillates around γ = 0 (the task's loss, absent
+    here, is what a real run balances against)."""
+    relax = LearnedRelaxation(segnn(), dual_lr=0.05, dual_optimizer="sgd")
+    history = constraint_only(relax, 200)
+    for group in relax.groups:
+        gammas = [1.0] + [h[group]["gamma"] for h in history]
+        lambdas = [0.0] + [h[group]["lambda"] for h in history]
+        crossing = next(k for k, g in enumerate(gammas) if g <= 0)  # γ reaches 0 ...
+        assert 5 < crossing < 200
+        for k in range(2, crossing):  # ... having fallen all the way (λ = 0 at step 0)
+            assert gammas[k] < gammas[k - 1] and lambdas[k] > lambdas[k - 1]
+
+
+def test_resilient_lambda_nonnegative_and_gamma_within_its_slack():
+    relax = LearnedRelaxation(segnn(), dual_lr=0.05, dual_optimizer="sgd", resilient=True,
+                              rho=1.0)
+    history = constraint_only(relax, 400)
+    for values in history:
+        for group in relax.groups:
+            assert values[group]["lambda"] >= 0 and values[group]["u"] >= 0
+    end = history[-1]
+    for group in relax.groups:
+        assert abs(end[group]["gamma"]) <= end[group]["u"] + 0.05
+
+
+def test_adam_dual_moves_lambda_by_about_its_learning_rate():
+    relax = LearnedRelaxation(segnn(), dual_lr=1e-3)  # ACE's code: Adam on -γ
+    relax.dual_step()
+    assert all(v["lambda"] == pytest.approx(1e-3, rel=1e-3) for v in relax.values().values())
+
+
+def test_resume_restores_gamma_lambda_u_and_the_optimizer_exactly():
+    model = segnn()
+    relax = LearnedRelaxation(model, resilient=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    batch = data()
+    target = torch.randn(batch.num_nodes, 3, dtype=torch.float64)
+
+    def train(model, relax, optimizer, steps, start):
+        for i in range(start, start + steps):
+            relax.step(i)
+            with relax.record():
+                out = model(batch)
+            loss = (out - target).pow(2).mean() + relax.penalty()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            relax.dual_step()
+
+    train(model, relax, optimizer, 3, 0)
+    saved = (copy.deepcopy(model.state_dict()), relax.state_dict(),
+             copy.deepcopy(optimizer.state_dict()))
+    assert any("relaxation_gammas.gamma" in k for k in saved[0])
+    assert any("relaxation_gammas.slack" in k for k in saved[0])
+    train(model, relax, optimizer, 3, 3)
+
+    restored = segnn(seed=5)
+    restored_relax = LearnedRelaxation(restored, resilient=True)
+    restored.load_state_dict(saved[0])
+    restored_relax.load_state_dict(saved[1])
+    restored_optimizer = torch.optim.Adam(restored.parameters(), lr=1e-2)
+    restored_optimizer.load_state_dict(saved[2])
+    train(restored, restored_relax, restored_optimizer, 3, 3)
+    assert restored_relax.values() == relax.values()
+    for (k, a), b in zip(model.state_dict().items(), restored.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_learned_run_projects_to_an_exact_plain_model():
+    model = segnn()
+    relax = LearnedRelaxation(model)
+    batch = data()
+    errors = equivariance_error(model, batch, trials=2)
+    assert errors["rotation"] > 1e-4  # γ = 1 with nn.Linear-initialised MLP paths
+    projected = project(model)
+    assert not find_paths(projected) and not hasattr(projected, "relaxation_gammas")
+    assert max(equivariance_error(projected, batch, trials=3).values()) < 1e-9
+    plain = segnn(relax=None, seed=3)
+    plain.load_state_dict(projected.state_dict(), strict=True)
+    with relax.paused():  # evaluation: f_eq only
+        torch.testing.assert_close(model(batch), plain(batch), rtol=0, atol=0)
+
+
+def test_bad_learned_configuration():
+    with pytest.raises(ValueError, match="dual_optimizer"):
+        LearnedRelaxation(segnn(), dual_optimizer="rmsprop")
+    with pytest.raises(ValueError, match="has no relaxation paths"):
+        LearnedRelaxation(EGNN())
+
+
+def test_a_learned_run_logs_saves_resumes_and_exports(tmp_path):
+    """Relax(controller=...) in a Lightning run: γ, λ (u) logged per step and in the summary,
+    saved in the checkpoint and restored on resume (the resumed run ends where the whole one
+    does), the exported model is the plain one, and `relaxgnn project` reads the checkpoint."""
+    import json
+
+    import lightning as L
+    from train_helpers import make_trainer, nbody_like
+
+    from relaxgnn.models import load_model
+    from relaxgnn.train import GraphDataModule, Relax, RelaxGNNModule
+    from relaxgnn.train.cli import project_checkpoint
+
+    def run(root, epochs, ckpt=None, controller="resilient"):
+        L.seed_everything(0)
+        model = EGNN({"charges": "1x0e"}, velocity_field="vel", pair_fields=["charges"],
+                     hidden_channels=8, num_layers=2, relax=ACE_PATH)
+        module = RelaxGNNModule(model, task="node")
+        items = nbody_like(40)
+        data = GraphDataModule(train=items[:20], val=items[20:30], test=items[30:],
+                               batch_size=10)
+        trainer = make_trainer(root, [Relax(controller=controller, dual_lr=1e-2)],
+                               max_epochs=epochs)
+        trainer.fit(module, data, ckpt_path=ckpt)
+        return module, root / "run" / "version_0"
+
+    whole, whole_dir = run(tmp_path / "whole", 4)
+    first, first_dir = run(tmp_path / "part", 2)
+    ckpt = first_dir / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    assert any("relaxation_gammas.gamma" in k for k in saved["state_dict"])
+    resumed, _ = run(tmp_path / "part", 4, ckpt=ckpt)
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=k)
+
+    summary = json.loads((whole_dir / "summary.json").read_text())
+    assert set(summary["last_gammas"]) == set(find_paths(whole.model))
+    last = next(iter(summary["last_gammas"].values()))
+    assert set(last) == {"gamma", "lambda", "u"} and last["gamma"] != 1.0
+    header = (whole_dir / "metrics.csv").read_text().splitlines()[0]
+    assert "relax/gamma/layers.0.features" in header and "relax/lambda/layers.0.features" in header
+    assert {"gamma.png", "lambda.png"} <= {p.name for p in (whole_dir / "plots").iterdir()}
+    exported = load_model(whole_dir / "checkpoints" / "model.pt")
+    assert not find_paths(exported) and not hasattr(exported, "relaxation_gammas")
+    projected = load_model(project_checkpoint(ckpt, tmp_path / "projected.pt"))
+    assert set(projected.state_dict()) == set(exported.state_dict())
