@@ -1,0 +1,125 @@
+"""The machinery of relaxgnn's training benchmarks: train and test one config (`train_and_test`)
+and run a grid of such runs that resumes and can run side by side (`run_grid`).
+
+Every finished run's result is written to ``<out>/results/<key>.json`` at once (atomically), and
+a rerun with the same ``--out`` skips the runs already there, so a partly finished grid resumes.
+``--jobs N`` runs N runs side by side, each in its own process (this script again, with
+``--only <key>``) with ``--threads`` threads: on two cores two one-thread runs beat one
+two-thread run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from unittest import mock
+
+
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side (processes)")
+    parser.add_argument("--configs", default="configs")
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one key of the grid
+
+
+def train_and_test(config: str | Path, experiment: str, seed: int, args: argparse.Namespace,
+                   overrides: Sequence[str] = (), val_metric: str = "val/mse") -> dict:
+    """``relaxgnn fit`` then ``test`` (θ = 0: the projected model) of ``config`` with the
+    given seed and CLI overrides; returns the test metrics, the validation curve
+    ``{epoch: value}``, the wall time and the worst equivariance error of the projection."""
+    from relaxgnn.train.cli import RelaxGNNCLI, trainer_defaults
+    from relaxgnn.train.datamodule import GraphDataModule
+    from relaxgnn.train.module import RelaxGNNModule
+
+    cli_args = [
+        f"--config={config}", f"--seed_everything={seed}", f"--runs_dir={args.out}",
+        f"--experiment={experiment}", f"--trainer.accelerator={args.accelerator}",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        f"--data.shuffle_seed={seed}", f"--model.seed={seed}", *overrides,
+    ]
+    with mock.patch.object(sys, "argv", sys.argv[:1]):  # the CLI reads `cli_args`, not ours
+        cli = RelaxGNNCLI(RelaxGNNModule, GraphDataModule, args=cli_args, run=False,
+                          trainer_defaults=trainer_defaults(),
+                          save_config_kwargs={"overwrite": True})
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, cli.datamodule)
+    seconds = time.perf_counter() - start
+    test = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]
+    run_dir = Path(cli.trainer.log_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    val = {}
+    for row in csv.DictReader((run_dir / "metrics.csv").open()):
+        if row.get(val_metric):
+            val[int(float(row["epoch"]))] = float(row[val_metric])
+    return {"seed": seed, "test": test, "val": val, "seconds": seconds, "run_dir": str(run_dir),
+            "projected_equivariance": max(summary["projected_equivariance_error"].values()),
+            "summary": {k: v for k, v in summary.items() if k.startswith("last_")}}
+
+
+def _result_path(args: argparse.Namespace, key: str) -> Path:
+    return Path(args.out) / "results" / f"{key}.json"
+
+
+def load_result(path: Path) -> dict:
+    result = json.loads(path.read_text())
+    result["val"] = {int(epoch): value for epoch, value in result["val"].items()}  # JSON keys
+    return result
+
+
+def _save(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)  # a killed run leaves no half-written result
+
+
+def run_grid(keys: Sequence[str], run_one: Callable[[str], dict], args: argparse.Namespace
+             ) -> dict[str, dict] | None:
+    """Run every key of the grid not yet done (``run_one(key)`` returns its result), resuming
+    and side by side as the module docstring says; returns ``{key: result}`` — or ``None`` in
+    a child process started with ``--only``, which runs its one key."""
+    if args.only:
+        _save(_result_path(args, args.only), run_one(args.only))
+        return None
+    pending = [k for k in keys if not _result_path(args, k).is_file()]
+    if len(pending) < len(keys):
+        print(f"resuming: {len(keys) - len(pending)} of {len(keys)} runs already done",
+              flush=True)
+    if args.jobs > 1 and len(pending) > 1:
+        _side_by_side(pending, args)
+    else:
+        for key in pending:
+            _save(_result_path(args, key), run_one(key))
+            print(f"finished {key}", flush=True)
+    return {k: load_result(_result_path(args, k)) for k in keys}
+
+
+def _side_by_side(pending: list[str], args: argparse.Namespace) -> None:
+    logs = Path(args.out) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    queue, running = list(pending), []
+    while queue or running:
+        while queue and len(running) < args.jobs:
+            key = queue.pop(0)
+            log = (logs / f"{key}.log").open("w")
+            cmd = [sys.executable, sys.argv[0], *sys.argv[1:], "--only", key]
+            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                             env=env), key))
+        time.sleep(1.0)
+        for item in list(running):
+            proc, key = item
+            if proc.poll() is not None:
+                running.remove(item)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"run {key} failed (exit {proc.returncode}); see "
+                                       f"{logs / f'{key}.log'}")
+                print(f"finished {key}", flush=True)
