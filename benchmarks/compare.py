@@ -1,9 +1,10 @@
 """Plain-versus-relaxed comparison machinery shared by the N-body and MD benchmarks: train each
-arm and seed from an experiment's config files, evaluate the *projected* model (θ = 0 at the end
-of the schedule) on the test split, tabulate mean ± std over seeds, and plot a validation metric
-against the epoch.
+arm (plain and one or more relaxed configs) and seed from an experiment's config files,
+evaluate the *projected* model (θ = 0 at the end of the schedule) on the test split, tabulate
+mean ± std over seeds with the paired difference to plain and a verdict, and plot a validation
+metric against the epoch.
 
-Both arms of a seed start from identical equivariant weights (relaxation paths draw no numbers
+All arms of a seed start from identical equivariant weights (relaxation paths draw no numbers
 from the global generator) and see the same batches in the same order, so the comparison
 isolates the effect of relaxation.
 
@@ -21,27 +22,26 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from grid import add_grid_arguments, run_grid, train_and_test
+from grid import add_grid_arguments, run_grid, train_and_test, verdict
 from machine import cpu_name
 
 
 @dataclass
 class Experiment:
-    """What a benchmark compares: config files of both arms, CLI overrides per run, the test
-    metrics to tabulate (key, label) and the validation metric to plot."""
+    """What a benchmark compares: the config file of each arm (``{"plain": ..., name: ...}``,
+    plain first), CLI overrides per run, the test metrics to tabulate (key, label) and the
+    validation metric to plot."""
 
     name: str
-    plain_config: str
-    relaxed_config: str
+    arms: dict[str, str]
     overrides: Callable[[argparse.Namespace, int], list[str]]
     metrics: Sequence[tuple[str, str]]
     val_metric: str
     published: str
 
 
-def run_arm(exp: Experiment, relaxed: bool, seed: int, args: argparse.Namespace) -> dict:
-    arm = "relaxed" if relaxed else "plain"
-    config = Path(args.configs) / (exp.relaxed_config if relaxed else exp.plain_config)
+def run_arm(exp: Experiment, arm: str, seed: int, args: argparse.Namespace) -> dict:
+    config = Path(args.configs) / exp.arms[arm]
     overrides = [f"--trainer.max_epochs={args.epochs}",
                  f"--trainer.check_val_every_n_epoch={args.val_every}", *exp.overrides(args, seed)]
     result = train_and_test(config, f"{exp.name}_{arm}_seed{seed}", seed, args, overrides,
@@ -56,7 +56,8 @@ def plot(results: list[dict], exp: Experiment, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for arm, color in (("plain", "tab:blue"), ("relaxed", "tab:orange")):
+    for k, arm in enumerate(exp.arms):
+        color = f"C{k}"
         runs = [r["val"] for r in results if r["arm"] == arm]
         epochs = sorted(set.intersection(*(set(v) for v in runs)))
         values = torch.tensor([[v[e] for e in epochs] for v in runs])
@@ -67,7 +68,7 @@ def plot(results: list[dict], exp: Experiment, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{exp.val_metric} (θ = 0)")
-    ax.set_title(f"{exp.name}: plain vs relaxed")
+    ax.set_title(f"{exp.name}: {' vs '.join(exp.arms)}")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -83,20 +84,29 @@ def table(results: list[dict], exp: Experiment, args: argparse.Namespace, settin
     header = f"{'arm':<9}" + "".join(f"{label:>30}" for _, label in exp.metrics) + \
         f"{'min/run':>9}"
     lines += [header]
-    for arm in ("plain", "relaxed"):
+    verdicts = []
+    by_seed = {arm: {key: {r["seed"]: r["test"][key] for r in results if r["arm"] == arm}
+                     for key, _ in exp.metrics} for arm in exp.arms}
+    for arm in exp.arms:
         runs = [r for r in results if r["arm"] == arm]
         cells = []
-        for key, _ in exp.metrics:
-            values = [r["test"][key] for r in runs]
+        for key, label in exp.metrics:
+            values = list(by_seed[arm][key].values())
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):.5g} ± {std:.2g}")
+            if arm != "plain":
+                said = verdict(arm, by_seed[arm][key], by_seed["plain"][key], label)
+                verdicts += [f"  {said}"] if said else []
         minutes = statistics.mean(r["seconds"] for r in runs) / 60
         lines.append(f"{arm:<9}" + "".join(f"{c:>30}" for c in cells) + f"{minutes:>9.1f}")
         for key, label in exp.metrics:
+            seeds = by_seed[arm][key]
             lines.append(f"    {label} per seed: "
-                         + ", ".join(f"{r['test'][key]:.5g}" for r in runs))
+                         + ", ".join(f"{seeds[s]:.5g}" for s in sorted(seeds)))
     worst = max(r["projected_equivariance"] for r in results)
     lines.append(f"published: {exp.published}; worst projected equivariance error: {worst:.1e}")
+    if verdicts:
+        lines += ["verdict (paired over seeds):", *verdicts]
     return "\n".join(lines)
 
 
@@ -111,8 +121,7 @@ def compare(exp: Experiment, args: argparse.Namespace, setting: str) -> str | No
     """Run every arm and seed not yet done (resumably, side by side with ``--jobs``: see
     ``grid.py``); write results JSON, table and plot under ``args.out``."""
     torch.set_num_threads(args.threads)
-    grid = {f"{arm}_seed{seed}": (arm == "relaxed", seed)
-            for seed in range(args.seeds) for arm in ("plain", "relaxed")}
+    grid = {f"{arm}_seed{seed}": (arm, seed) for seed in range(args.seeds) for arm in exp.arms}
     done = run_grid(list(grid), lambda key: run_arm(exp, *grid[key], args), args)
     if done is None:
         return None

@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -123,3 +125,32 @@ def _side_by_side(pending: list[str], args: argparse.Namespace) -> None:
                     raise RuntimeError(f"run {key} failed (exit {proc.returncode}); see "
                                        f"{logs / f'{key}.log'}")
                 print(f"finished {key}", flush=True)
+
+
+def paired_difference(arm: dict[int, float], plain: dict[int, float]
+                      ) -> tuple[float, float, bool] | None:
+    """The paired difference ``arm − plain`` over the seeds both have: its mean, its standard
+    deviation, and whether |mean| exceeds twice its standard error (the arm differs from plain
+    beyond the seed spread). ``None`` with fewer than two shared seeds."""
+    diffs = [arm[s] - plain[s] for s in sorted(arm) if s in plain]
+    if len(diffs) < 2:
+        return None
+    mean, std = statistics.mean(diffs), statistics.stdev(diffs)
+    return mean, std, abs(mean) > 2 * std / math.sqrt(len(diffs))
+
+
+def verdict(name: str, arm: dict[int, float], plain: dict[int, float], where: str = "",
+            lower_is_better: bool = True) -> str | None:
+    """One plain sentence: does ``name`` differ from plain beyond the seed spread, and by how
+    many percent of plain's mean (see :func:`paired_difference`)."""
+    stats = paired_difference(arm, plain)
+    if stats is None:
+        return None
+    mean, _, significant = stats
+    rel = 100 * mean / statistics.mean(plain.values())
+    where = f"{where}: " if where else ""
+    if not significant:
+        return f"{where}{name} does not differ from plain ({rel:+.1f} %, within the seed spread)"
+    better = (mean < 0) == lower_is_better
+    return (f"{where}{name} is {'better' if better else 'worse'} than plain ({rel:+.1f} %, "
+            "beyond the seed spread)")

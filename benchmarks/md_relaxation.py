@@ -1,10 +1,13 @@
 """Plain versus relaxed TPNet force fields on a generated ethanol set (GFN2-xTB Langevin MD at
 500 K, `relaxgnn data md`): energy and force MAE of the projected models (meV, meV/Å), mean ±
-std over seeds, and a plot of the validation force MAE against epoch (machinery in
-``compare.py``).
+std over seeds, the paired difference of each relaxed arm to plain with a verdict, and a plot of
+the validation force MAE against epoch (machinery in ``compare.py``). Arms: plain
+(``configs/md_ethanol_tpnet.yaml``), scheduled CR (``md_ethanol_tpnet_relaxed.yaml``) and
+learned ACE (``md_ethanol_tpnet_dual.yaml``).
 
     relaxgnn data md --molecule ethanol --steps 20000 --out datasets/md/ethanol_xtb.npz
-    .venv/bin/python benchmarks/md_relaxation.py --seeds 3 --epochs 20
+    .venv/bin/python benchmarks/md_relaxation.py --seeds 3 --epochs 4 --val-every 1 \
+        --jobs 2 --threads 1
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from __future__ import annotations
 import argparse
 
 from compare import Experiment, add_common_arguments, compare
+
+ARMS = {"plain": "md_ethanol_tpnet.yaml", "CR": "md_ethanol_tpnet_relaxed.yaml",
+        "ACE": "md_ethanol_tpnet_dual.yaml"}
 
 
 def main() -> None:
@@ -21,6 +27,8 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=100)
     parser.add_argument("--test", type=int, default=500)
     parser.add_argument("--out", default="runs/md_relaxation")
+    parser.add_argument("--arms", nargs="+", choices=[a for a in ARMS if a != "plain"],
+                        default=["CR", "ACE"], help="relaxed arms beside plain")
     add_common_arguments(parser, epochs=20)
     args = parser.parse_args()
 
@@ -29,8 +37,8 @@ def main() -> None:
                 f"--data.split=[{args.train}, {args.val}, {args.test}]"]
 
     exp = Experiment(
-        name="md_ethanol_tpnet", plain_config="md_ethanol_tpnet.yaml",
-        relaxed_config="md_ethanol_tpnet_relaxed.yaml", overrides=overrides,
+        name="md_ethanol_tpnet", overrides=overrides,
+        arms={arm: ARMS[arm] for arm in ["plain", *args.arms]},
         metrics=[("test/energy_mae_meV", "energy MAE (meV)"),
                  ("test/force_mae_meV_per_A", "force MAE (meV/Å)")],
         val_metric="val/force_mae_meV_per_A",

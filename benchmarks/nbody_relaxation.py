@@ -37,8 +37,8 @@ def main() -> None:
             [f"--data.{s}.init_args.root={args.data}" for s in sizes]
 
     exp = Experiment(
-        name=f"nbody_{args.model}", plain_config=f"nbody_{args.model}.yaml",
-        relaxed_config=f"nbody_{args.model}_relaxed.yaml", overrides=overrides,
+        name=f"nbody_{args.model}", overrides=overrides,
+        arms={"plain": f"nbody_{args.model}.yaml", "relaxed": f"nbody_{args.model}_relaxed.yaml"},
         metrics=[("test/mse", "test MSE (projected)")], val_metric="val/mse",
         published=f"{args.model.upper()} test MSE {PUBLISHED[args.model]} (3,000 samples, "
                   "1000 epochs)")

@@ -9,6 +9,8 @@ Grids (``--grid``):
   layers at 1,000 trajectories; arms plain (``configs/nbody_segnn.yaml``), CR
   (``nbody_segnn_relaxed.yaml``: linear paths N(0, 1e-4²), Triangle θ, λ = 0.01) and ACE
   (``nbody_segnn_dual.yaml``: MLP branches, learned γ = 0 constraint).
+* ``main``: the README's main job — the three arms at 300 trajectories and 4 layers only,
+  where relaxation is most likely to matter (few samples).
 * ``settings``: at 300 trajectories and 4 layers, variants of the arms — CR with paths started
   at N(0, 1e-2²), with θmax = 10, without penalties (λ = 0), with ACE's MLP branch; ACE with
   linear N(0, 1e-4²) paths, and resilient ACE — next to the three arms of the ``axes`` grid.
@@ -39,8 +41,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from grid import add_grid_arguments, run_grid, train_and_test
+from grid import add_grid_arguments, paired_difference, run_grid, train_and_test, verdict
 from machine import cpu_name
+
+from relaxgnn.atomic import atomic_write_text
+from relaxgnn.data import NBody
 
 ARMS = {"plain": "nbody_segnn.yaml", "CR": "nbody_segnn_relaxed.yaml",
         "ACE": "nbody_segnn_dual.yaml"}
@@ -69,7 +74,7 @@ def variant_configs(configs: Path, out: Path) -> dict[str, Path]:
                 cb.setdefault("init_args", {}).update(callback)
         path = out / "configs" / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))  # runs side by side
         return path
 
     variants = dict(zip(VARIANTS, [
@@ -92,6 +97,8 @@ def grid_keys(grid: str, seeds: int) -> dict[str, tuple[int, int, str, int]]:
     so a run both grids need is run once."""
     if grid == "axes":
         cells = [(n, layers, arm) for n, layers in AXES for arm in ARMS]
+    elif grid == "main":
+        cells = [(*SETTINGS_CELL, arm) for arm in ARMS]
     else:
         cells = [(*SETTINGS_CELL, arm) for arm in [*ARMS, *VARIANTS]]
     return {f"n{n}_L{layers}_{_slug(arm)}_s{seed}": (n, layers, arm, seed)
@@ -118,15 +125,10 @@ def run_one(n: int, layers: int, arm: str, seed: int, configs: dict[str, Path],
             **result}
 
 
-def _cell_stats(results: list[dict], arm: str, n: int, layers: int) -> tuple[list, list]:
-    """Per-seed test MSE of ``arm`` in the cell, and its paired differences to plain."""
-    def mse(a: str) -> dict[int, float]:
-        return {r["seed"]: r["test"]["test/mse"] for r in results
-                if r["arm"] == a and r["trajectories"] == n and r["layers"] == layers}
-
-    ours, plain = mse(arm), mse("plain")
-    return [ours[s] for s in sorted(ours)], [ours[s] - plain[s] for s in sorted(ours)
-                                              if s in plain]
+def _cell(results: list[dict], arm: str, n: int, layers: int) -> dict[int, float]:
+    """``{seed: test MSE}`` of ``arm`` in the cell."""
+    return {r["seed"]: r["test"]["test/mse"] for r in results
+            if r["arm"] == arm and r["trajectories"] == n and r["layers"] == layers}
 
 
 def _fmt(values: list[float]) -> str:
@@ -147,22 +149,26 @@ def table(results: list[dict], grid: str, args: argparse.Namespace) -> str:
              "exceeds twice its standard error", ""]
     header = f"{'trajectories':>12} {'layers':>6}  {'arm':<22}{'test MSE':>22}{'Δ vs plain':>24}"
     lines += [header, "-" * len(header)]
+    verdicts = []
     for n, layers in cells:
+        plain = _cell(results, "plain", n, layers)
         for arm in arms:
-            values, diffs = _cell_stats(results, arm, n, layers)
+            values = _cell(results, arm, n, layers)
             if not values:
                 continue
-            delta = ""
-            if arm != "plain" and len(diffs) > 1:
-                se = statistics.stdev(diffs) / math.sqrt(len(diffs))
-                mark = "*" if abs(statistics.mean(diffs)) > 2 * se else " "
-                delta = f"{statistics.mean(diffs):+.5f} ± {statistics.stdev(diffs):.5f}{mark}"
-            lines.append(f"{n:>12} {layers:>6}  {arm:<22}{_fmt(values):>22}{delta:>24}")
+            stats = paired_difference(values, plain) if arm != "plain" else None
+            delta = "" if stats is None else \
+                f"{stats[0]:+.5f} ± {stats[1]:.5f}{'*' if stats[2] else ' '}"
+            lines.append(f"{n:>12} {layers:>6}  {arm:<22}{_fmt(list(values.values())):>22}"
+                         f"{delta:>24}")
+            if stats is not None:
+                verdicts.append("  " + verdict(arm, values, plain,
+                                               f"{n} trajectories, {layers} layers"))
     worst = max(r["projected_equivariance"] for r in results)
     minutes = sum(r["seconds"] for r in results) / 60
     lines.append(f"worst projected equivariance error {worst:.1e}; {minutes:.0f} min of training "
                  "in all")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", "verdict (paired over seeds):", *verdicts])
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -207,7 +213,7 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grid", choices=["axes", "settings"], default="axes")
+    parser.add_argument("--grid", choices=["axes", "main", "settings"], default="axes")
     parser.add_argument("--steps", type=int, default=750, help="optimizer steps per run")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--data", default="datasets/nbody")
@@ -216,6 +222,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if not args.only:  # generate the data set once, not in every run started side by side
+        NBody(args.data, split="train", max_samples=1, progress=True)
     configs = variant_configs(Path(args.configs), out)
     keys = grid_keys(args.grid, args.seeds)
     done = run_grid(list(keys), lambda key: run_one(*keys[key], configs, args), args)
@@ -229,6 +237,7 @@ def main() -> None:
     if args.grid == "axes":
         plot(results, out / "study_axes.png")
         print(f"plot: {out / 'study_axes.png'}")
+    print(f"table: {out / f'study_{args.grid}_table.txt'}; runs under {out}")
 
 
 if __name__ == "__main__":

@@ -92,6 +92,22 @@ def test_adam_dual_moves_lambda_by_about_its_learning_rate():
     assert all(v["lambda"] == pytest.approx(1e-3, rel=1e-3) for v in relax.values().values())
 
 
+def test_relative_constraint_scales_with_the_task_loss():
+    """relative: Σ λ·γ (+ ρ‖u‖²) times the detached task loss, so λ's pull on γ does not
+    depend on the loss's scale; the task loss itself gets no gradient from it."""
+    relax = LearnedRelaxation(segnn(), dual_lr=0.1, dual_optimizer="sgd", resilient=True)
+    relax.dual_step()
+    absolute = relax.penalty()
+    relax.relative = True
+    task = torch.tensor(250.0, dtype=torch.float64, requires_grad=True)
+    scaled = relax.penalty(task_loss=task)
+    torch.testing.assert_close(scaled, 250.0 * absolute.detach())
+    scaled.backward()
+    assert task.grad is None
+    gamma = relax.gamma(relax.groups[0])
+    torch.testing.assert_close(gamma.grad, torch.tensor(250.0 * 0.1, dtype=torch.float64))
+
+
 def test_resume_restores_gamma_lambda_u_and_the_optimizer_exactly():
     model = segnn()
     relax = LearnedRelaxation(model, resilient=True)
@@ -155,6 +171,7 @@ def test_a_learned_run_logs_saves_resumes_and_exports(tmp_path):
     """Relax(controller=...) in a Lightning run: γ, λ (u) logged per step and in the summary,
     saved in the checkpoint and restored on resume (the resumed run ends where the whole one
     does), the exported model is the plain one, and `relaxgnn project` reads the checkpoint."""
+    import csv
     import json
 
     import lightning as L
@@ -192,6 +209,11 @@ def test_a_learned_run_logs_saves_resumes_and_exports(tmp_path):
     assert set(last) == {"gamma", "lambda", "u"} and last["gamma"] != 1.0
     header = (whole_dir / "metrics.csv").read_text().splitlines()[0]
     assert "relax/gamma/layers.0.features" in header and "relax/lambda/layers.0.features" in header
+    with (whole_dir / "metrics.csv").open() as f:  # a fresh value every step, epoch 0 included
+        gammas = [float(r["relax/gamma/layers.0.features"]) for r in csv.DictReader(f)
+                  if r.get("relax/gamma/layers.0.features")]
+    assert len(gammas) == 8 and len(set(gammas)) == 8
+    assert gammas[-1] == pytest.approx(last["gamma"])
     assert {"gamma.png", "lambda.png"} <= {p.name for p in (whole_dir / "plots").iterdir()}
     exported = load_model(whole_dir / "checkpoints" / "model.pt")
     assert not find_paths(exported) and not hasattr(exported, "relaxation_gammas")

@@ -163,11 +163,16 @@ class LearnedRelaxation(RelaxationController):
         """The optional path penalties plus :math:`\\sum_k \\lambda_k c_k` with :math:`c_k`
         the constraint's violation (module docstring), plus :math:`\\rho\\lVert u\\rVert^2`
         when resilient. Trains :math:`\\gamma`, :math:`u` and (through the path penalties)
-        the paths; :math:`\\lambda` is not trained by it (:meth:`dual_step` is)."""
+        the paths; :math:`\\lambda` is not trained by it (:meth:`dual_step` is). With
+        :attr:`relative` set, every term is multiplied by the detached ``task_loss``: the
+        constraint's force on :math:`\\gamma` is then :math:`\\lambda` against
+        :math:`\\partial \\log L / \\partial\\gamma`, whatever the loss's scale."""
         total = (self.lambdas.detach() * self._violation()).sum()
         if self.resilient:
             total = total + self.rho * torch.stack(
                 [self.slack(g) for g in self.groups]).pow(2).sum()
+        if self.relative and task_loss is not None:
+            total = total * task_loss.detach()
         if self.lie_weight or self.norm_weight or self.reflection_weight:
             total = total + super().penalty(task_loss)
         return total
@@ -194,9 +199,9 @@ class LearnedRelaxation(RelaxationController):
         """``{group: {"gamma", "lambda"[, "u"]}}`` now."""
         out = {}
         for k, group in enumerate(self.groups):
-            out[group] = {"gamma": float(self.gamma(group)), "lambda": float(self.lambdas[k])}
+            out[group] = {"gamma": self.gamma(group).item(), "lambda": self.lambdas[k].item()}
             if self.resilient:
-                out[group]["u"] = float(self.slack(group))
+                out[group]["u"] = self.slack(group).item()
         return out
 
     @torch.no_grad()

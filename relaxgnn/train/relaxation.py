@@ -160,15 +160,14 @@ class Relax(Callback):
             return
         theta = self.controller.step(self._index(trainer))
         pl_module.log("theta", theta, prog_bar=True, batch_size=1)
-        if isinstance(self.controller, LearnedRelaxation):
-            pl_module.log_dict({f"relax/{key}/{group}": value
-                                for group, values in self.controller.values().items()
-                                for key, value in values.items()}, batch_size=1)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         if isinstance(self.controller, LearnedRelaxation):
             self.controller.dual_step()  # after the optimizer's step
+            for group, values in self.controller.values().items():
+                for key, value in values.items():
+                    pl_module.log(f"relax/{key}/{group}", value, batch_size=1)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit" and self.controller is not None:
