@@ -13,7 +13,10 @@ Grids (``--grid``):
   where relaxation is most likely to matter (few samples).
 * ``settings``: at 300 trajectories and 4 layers, variants of the arms — CR with paths started
   at N(0, 1e-2²), with θmax = 10, without penalties (λ = 0), with ACE's MLP branch; ACE with
-  linear N(0, 1e-4²) paths, and resilient ACE — next to the three arms of the ``axes`` grid.
+  linear N(0, 1e-4²) paths, resilient ACE, ACE with a learning rate of 2e-2 for γ (40× the
+  task's: at the task's rate Adam moves γ ~5e-4 a step, too slowly to reach 0 in 750 steps),
+  and with that and the dual rate scaled by the same 40 (ACE's 30,000 steps / 750) — next to
+  the three arms of the ``axes`` grid.
 
 All arms use the plain config's optimizer (Adam 5e-4, weight decay 1e-12), so that they differ
 only in relaxation (ACE's own N-body learning rate is 9e-4); the same seed gives every arm the
@@ -53,7 +56,7 @@ AXES = [(300, 4), (1000, 4), (3000, 4), (1000, 2), (1000, 8)]  # (trajectories, 
 SETTINGS_CELL = (300, 4)
 ACE_BRANCH = {"kind": "mlp", "hidden": ["2x", "1x"], "activation": "gelu", "init_std": None}
 VARIANTS = ["CR init 1e-2", "CR θmax 10", "CR λ = 0", "CR, ACE's MLP branch",
-            "ACE, linear paths", "ACE resilient"]
+            "ACE, linear paths", "ACE resilient", "ACE, γ lr 2e-2", "ACE, γ lr 2e-2, dual 3.2e-2"]
 
 
 def _placement(path: dict) -> dict:
@@ -84,6 +87,8 @@ def variant_configs(configs: Path, out: Path) -> dict[str, Path]:
         derive("cr_mlp", "CR", _placement(ACE_BRANCH)),
         derive("ace_linear", "ACE", _placement({"kind": "linear"})),
         derive("ace_resilient", "ACE", controller="resilient"),
+        derive("ace_gamma_lr", "ACE", gamma_lr=2e-2),
+        derive("ace_scaled", "ACE", gamma_lr=2e-2, dual_lr=3.2e-2),
     ], strict=True))
     return {**arms, **variants}
 

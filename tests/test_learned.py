@@ -108,6 +108,28 @@ def test_relative_constraint_scales_with_the_task_loss():
     torch.testing.assert_close(gamma.grad, torch.tensor(250.0 * 0.1, dtype=torch.float64))
 
 
+def test_gamma_lr_gives_gamma_and_slack_a_parameter_group_of_their_own():
+    model = segnn()
+    relax = LearnedRelaxation(model, resilient=True, gamma_lr=0.05)
+    rest, own = relax.parameter_groups(model.parameters())
+    assert own["lr"] == 0.05 and "lr" not in rest
+    assert {id(p) for p in own["params"]} == {id(p) for p in relax.container.parameters()}
+    assert len(rest["params"]) + len(own["params"]) == len(list(model.parameters()))
+    optimizer = torch.optim.Adam(relax.parameter_groups(model.parameters()), lr=1e-4)
+    relax.step(0)
+    relax.dual_step()  # λ > 0: the penalty now pulls γ down
+    loss = relax.penalty()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()  # Adam's first step moves each parameter by its group's lr
+    gamma = relax.values()[relax.groups[0]]["gamma"]
+    assert gamma == pytest.approx(1.0 - 0.05, rel=1e-6)
+    plain = LearnedRelaxation(segnn())
+    assert plain.parameter_groups(model.parameters()) == list(model.parameters())
+    with pytest.raises(ValueError, match="gamma_lr"):
+        LearnedRelaxation(segnn(), gamma_lr=-1.0)
+
+
 def test_resume_restores_gamma_lambda_u_and_the_optimizer_exactly():
     model = segnn()
     relax = LearnedRelaxation(model, resilient=True)
@@ -181,17 +203,20 @@ def test_a_learned_run_logs_saves_resumes_and_exports(tmp_path):
     from relaxgnn.train import GraphDataModule, Relax, RelaxGNNModule
     from relaxgnn.train.cli import project_checkpoint
 
-    def run(root, epochs, ckpt=None, controller="resilient"):
+    def setup():
         L.seed_everything(0)
         model = EGNN({"charges": "1x0e"}, velocity_field="vel", pair_fields=["charges"],
                      hidden_channels=8, num_layers=2, relax=ACE_PATH)
-        module = RelaxGNNModule(model, task="node")
         items = nbody_like(40)
-        data = GraphDataModule(train=items[:20], val=items[20:30], test=items[30:],
-                               batch_size=10)
-        trainer = make_trainer(root, [Relax(controller=controller, dual_lr=1e-2)],
-                               max_epochs=epochs)
+        return RelaxGNNModule(model, task="node"), GraphDataModule(
+            train=items[:20], val=items[20:30], test=items[30:], batch_size=10)
+
+    def run(root, epochs, ckpt=None, controller="resilient"):
+        module, data = setup()
+        trainer = make_trainer(root, [Relax(controller=controller, dual_lr=1e-2,
+                                            gamma_lr=2e-2)], max_epochs=epochs)
         trainer.fit(module, data, ckpt_path=ckpt)
+        assert [g["lr"] for g in trainer.optimizers[0].param_groups][1] == 2e-2
         return module, root / "run" / "version_0"
 
     whole, whole_dir = run(tmp_path / "whole", 4)
@@ -219,3 +244,7 @@ def test_a_learned_run_logs_saves_resumes_and_exports(tmp_path):
     assert not find_paths(exported) and not hasattr(exported, "relaxation_gammas")
     projected = load_model(project_checkpoint(ckpt, tmp_path / "projected.pt"))
     assert set(projected.state_dict()) == set(exported.state_dict())
+    module, data = setup()  # `relaxgnn test --ckpt_path`: no controller, γ not needed
+    [metrics] = make_trainer(tmp_path / "test").test(module, data, ckpt_path=ckpt,
+                                                     verbose=False)
+    assert metrics["test/mse"] > 0

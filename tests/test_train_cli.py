@@ -77,10 +77,11 @@ def test_fit_writes_a_complete_run_directory(tmp_path):
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["model"]["model"]["init_args"]["relax"] == "linear"
 
-    # test on θ = 0 from the best checkpoint; project the last one
+    assert resolved["trainer"]["plugins"] is None  # nothing unserialisable: it loads back
+
+    # test on θ = 0 from the best checkpoint, with the run's own config; project the last one
     best = next(p for p in (run / "checkpoints").iterdir() if p.name.startswith("best-"))
-    assert main(["test", "--config", str(config), "--runs_dir", str(tmp_path / "runs"),
-                 "--ckpt_path", str(best)]) == 0
+    assert main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(best)]) == 0
     assert main(["predict", "--config", str(config), "--runs_dir", str(tmp_path / "runs"),
                  "--ckpt_path", str(best)]) == 0
     [written] = (tmp_path / "runs" / "tiny").glob("version_*/predictions.pt")

@@ -6,6 +6,7 @@ import lightning as L
 import torch
 from torch_geometric.data import Data
 
+from relaxgnn.train.checkpoint_io import AtomicCheckpointIO
 from relaxgnn.train.cli import trainer_defaults
 
 
@@ -47,7 +48,8 @@ def molecules(n: int, seed: int = 0) -> list[Data]:
 def make_trainer(tmp_path, callbacks=(), **kwargs) -> L.Trainer:
     defaults = trainer_defaults()
     options = dict(max_epochs=2, logger=L.pytorch.loggers.CSVLogger(str(tmp_path), name="run"),
-                   callbacks=defaults["callbacks"] + list(callbacks), plugins=defaults["plugins"],
+                   callbacks=defaults["callbacks"] + list(callbacks),
+                   plugins=[AtomicCheckpointIO()],
                    use_distributed_sampler=False, enable_progress_bar=False,
                    enable_model_summary=False, log_every_n_steps=1,
                    inference_mode=defaults["inference_mode"])

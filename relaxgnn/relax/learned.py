@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import torch
@@ -84,6 +84,12 @@ class LearnedRelaxation(RelaxationController):
             :math:`\\gamma`; a path no pattern matches is its own group. Default: one
             :math:`\\gamma` per path (as ACE).
         init_gamma: the initial :math:`\\gamma` (ACE: 1).
+        gamma_lr: a learning rate of its own for :math:`\\gamma` and :math:`u` (their
+            parameter group in :meth:`parameter_groups`); ``None``: the task's. With Adam a
+            parameter moves about one learning rate per step, so at the task's 5e-4 a
+            :math:`\\gamma` needs ~2,000 steps to go from 1 to 0: short runs need their own
+            (ACE's code has the same idea: its ``adamsgd`` steps the :math:`\\gamma` by SGD
+            at 1000× the task's rate).
         lie_weight, norm_weight, reflection_weight: optional penalties, as
             :class:`~relaxgnn.relax.Relaxation` (default 0, as ACE).
     """
@@ -97,18 +103,23 @@ class LearnedRelaxation(RelaxationController):
         rho: float = 1.0,
         groups: Mapping[str, str] | None = None,
         init_gamma: float = 1.0,
+        gamma_lr: float | None = None,
         lie_weight: float = 0.0,
         norm_weight: float = 0.0,
         reflection_weight: float = 0.0,
     ) -> None:
         super().__init__(model, lie_weight, norm_weight, reflection_weight)
-        for name, value in (("dual_lr", dual_lr), ("rho", rho)):
+        checked = [("dual_lr", dual_lr), ("rho", rho)]
+        if gamma_lr is not None:
+            checked.append(("gamma_lr", gamma_lr))
+        for name, value in checked:
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite non-negative number, got {value}")
         if dual_optimizer not in ("adam", "sgd"):
             raise ValueError(f"dual_optimizer must be 'adam' or 'sgd', got {dual_optimizer!r}")
         self.dual_lr, self.rho, self.resilient = float(dual_lr), float(rho), bool(resilient)
         self.dual_optimizer = dual_optimizer
+        self.gamma_lr = None if gamma_lr is None else float(gamma_lr)
         self.group_of = {name: next((g for pattern, g in (groups or {}).items()
                                      if fnmatch.fnmatch(name, pattern)), name)
                          for name in self.paths}
@@ -142,6 +153,19 @@ class LearnedRelaxation(RelaxationController):
                 container.slack[key] = nn.Parameter(
                     torch.zeros((), dtype=like.dtype, device=like.device))
         return container
+
+    def parameter_groups(self, parameters: Iterable[nn.Parameter]
+                         ) -> list[nn.Parameter] | list[dict[str, Any]]:
+        """The optimiser's parameter groups for ``parameters`` (the model's): all of them in
+        one group, or with ``gamma_lr`` set, the :math:`\\gamma` and :math:`u` in a group of
+        their own at that learning rate (``torch.optim.Adam(relax.parameter_groups(
+        model.parameters()), lr=...)``)."""
+        parameters = list(parameters)
+        if self.gamma_lr is None:
+            return parameters
+        own = {id(p) for p in self.container.parameters()}
+        return [{"params": [p for p in parameters if id(p) not in own]},
+                {"params": [p for p in parameters if id(p) in own], "lr": self.gamma_lr}]
 
     def gamma(self, group: str) -> Tensor:
         return self.container.gamma[self._key(group)]

@@ -119,6 +119,8 @@ class RelaxGNNCLI(LightningCLI):
             # relaxation paths are skipped while θ = 0 (the schedule's ends): DDP must expect
             # parameters without gradients in those steps
             config["strategy"] = DDPStrategy(find_unused_parameters=True)
+        if not config.get("plugins"):  # here, not a parser default: the run's saved
+            config["plugins"] = [AtomicCheckpointIO()]  # config.yaml must load back
         if config.get("logger") in (None, True):
             root, name = self._experiment()
             _check_writable(root / name)
@@ -167,7 +169,6 @@ def trainer_defaults() -> dict[str, Any]:
             KeepHistory(),
             ValidateLastEpoch(),
         ],
-        "plugins": [AtomicCheckpointIO()],
         "use_distributed_sampler": False,  # GraphDataModule shards by rank itself
         "inference_mode": False,  # evaluation of forces needs autograd (torch.no_grad is used)
     }

@@ -29,6 +29,7 @@ from torch_geometric.data import Batch
 from ..models.forces import energy_and_forces
 from ..models.io import FORMAT, check_format, model_spec
 from ..models.pooling import pool
+from ..relax.learned import CONTAINER as GAMMAS
 from ..symmetry import apply_orthogonal, random_rotation, representation
 
 Task = Literal["node", "graph", "energy_forces"]
@@ -266,7 +267,10 @@ class RelaxGNNModule(LightningModule):
             return {k: v.detach() for k, v in self.predict_batch(batch).items()}
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        parameters = self.parameters()
+        if hasattr(self.relaxation, "parameter_groups"):  # a learned γ with a rate of its own
+            parameters = self.relaxation.parameter_groups(parameters)
+        optimizer = self.optimizer_factory(parameters)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
@@ -293,6 +297,11 @@ class RelaxGNNModule(LightningModule):
                     f"{saved['class_path']}({_arch(saved)}) vs {ours['class_path']}({_arch(ours)})")
             check_format(checkpoint, saved, "the checkpoint", key="relaxgnn_format")
         state = checkpoint.get("state_dict", {})
+        gammas = [k for k in state if k.startswith(f"model.{GAMMAS}.")]
+        if gammas and not hasattr(self.model, GAMMAS) and self._trainer is not None \
+                and self.trainer.state.fn != "fit":
+            for key in gammas:  # a learned run's γ: evaluation runs f_eq only, without them
+                del state[key]
         ours = set(self.state_dict())
         missing, unexpected = sorted(ours - set(state)), sorted(set(state) - ours)
         if missing or unexpected:

@@ -46,8 +46,9 @@ class Relax(Callback):
             ``active_fraction`` of the run when it starts. A resumed run keeps the length it
             started with — extending a finished run trains on at θ = 0 — unless
             ``total_steps`` is given, which changes it (and says so).
-        dual_lr, dual_optimizer, rho, groups, init_gamma: learned controllers only, see
-            :class:`~relaxgnn.relax.LearnedRelaxation` (ACE's N-body: dual_lr 8e-4, Adam).
+        dual_lr, dual_optimizer, rho, groups, init_gamma, gamma_lr: learned controllers only,
+            see :class:`~relaxgnn.relax.LearnedRelaxation` (ACE's N-body: dual_lr 8e-4, Adam;
+            ``gamma_lr`` puts γ and u in a parameter group of their own).
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class Relax(Callback):
         rho: float = 1.0,
         groups: dict[str, str] | None = None,
         init_gamma: float = 1.0,
+        gamma_lr: float | None = None,
     ) -> None:
         if controller not in ("scheduled", "learned", "resilient"):
             raise ValueError(f"controller must be 'scheduled', 'learned' or 'resilient', got "
@@ -93,7 +95,7 @@ class Relax(Callback):
         self.total_steps = total_steps
         self.learned = dict(dual_lr=dual_lr, dual_optimizer=dual_optimizer,
                             resilient=controller == "resilient", rho=rho, groups=groups,
-                            init_gamma=init_gamma)
+                            init_gamma=init_gamma, gamma_lr=gamma_lr)
         self.controller: Relaxation | LearnedRelaxation | None = None
         self._length = 0
 
