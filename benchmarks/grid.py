@@ -99,6 +99,8 @@ def run_grid(keys: Sequence[str], run_one: Callable[[str], dict], args: argparse
         _side_by_side(pending, args)
     else:
         for key in pending:
+            if _result_path(args, key).is_file():  # written meanwhile by a grid beside this one
+                continue
             _save(_result_path(args, key), run_one(key))
             print(f"finished {key}", flush=True)
     return {k: load_result(_result_path(args, k)) for k in keys}
@@ -112,6 +114,8 @@ def _side_by_side(pending: list[str], args: argparse.Namespace) -> None:
     while queue or running:
         while queue and len(running) < args.jobs:
             key = queue.pop(0)
+            if _result_path(args, key).is_file():  # written meanwhile by a grid beside this one
+                continue
             log = (logs / f"{key}.log").open("w")
             cmd = [sys.executable, sys.argv[0], *sys.argv[1:], "--only", key]
             running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,

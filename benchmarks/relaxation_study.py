@@ -173,7 +173,25 @@ def table(results: list[dict], grid: str, args: argparse.Namespace) -> str:
     minutes = sum(r["seconds"] for r in results) / 60
     lines.append(f"worst projected equivariance error {worst:.1e}; {minutes:.0f} min of training "
                  "in all")
-    return "\n".join([*lines, "", "verdict (paired over seeds):", *verdicts])
+    return "\n".join([*lines, "", "verdict (paired over seeds):", *verdicts,
+                      *_end_gammas(results, arms, cells)])
+
+
+def _end_gammas(results: list[dict], arms: list[str], cells: list[tuple[int, int]]
+                ) -> list[str]:
+    """For the learned arms: the mean |γ| at the end of training, the reason a learned arm can
+    be worse after projection (γ far from 0: the projection removes a branch still in use)."""
+    out = []
+    for n, layers in cells:
+        for arm in arms:
+            ends = [abs(v["gamma"]) for r in results if r["arm"] == arm and
+                    r["trajectories"] == n and r["layers"] == layers
+                    for v in r["summary"].get("last_gammas", {}).values()]
+            if ends:
+                out.append(f"  {n} trajectories, {layers} layers: {arm} ends with mean |γ| "
+                           f"{statistics.mean(ends):.3f} (max {max(ends):.3f}); the projection "
+                           "removes γ·g(u) whatever its size")
+    return ["", "learned γ at the end of training:", *out] if out else []
 
 
 def plot(results: list[dict], path: Path) -> None:
