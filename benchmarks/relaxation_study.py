@@ -130,10 +130,15 @@ def run_one(n: int, layers: int, arm: str, seed: int, configs: dict[str, Path],
             **result}
 
 
+def _runs(results: list[dict], arm: str, n: int, layers: int) -> list[dict]:
+    """The runs of ``arm`` in the cell (``n`` trajectories, ``layers`` layers)."""
+    return [r for r in results
+            if r["arm"] == arm and r["trajectories"] == n and r["layers"] == layers]
+
+
 def _cell(results: list[dict], arm: str, n: int, layers: int) -> dict[int, float]:
     """``{seed: test MSE}`` of ``arm`` in the cell."""
-    return {r["seed"]: r["test"]["test/mse"] for r in results
-            if r["arm"] == arm and r["trajectories"] == n and r["layers"] == layers}
+    return {r["seed"]: r["test"]["test/mse"] for r in _runs(results, arm, n, layers)}
 
 
 def _fmt(values: list[float]) -> str:
@@ -184,8 +189,7 @@ def _end_gammas(results: list[dict], arms: list[str], cells: list[tuple[int, int
     out = []
     for n, layers in cells:
         for arm in arms:
-            ends = [abs(v["gamma"]) for r in results if r["arm"] == arm and
-                    r["trajectories"] == n and r["layers"] == layers
+            ends = [abs(v["gamma"]) for r in _runs(results, arm, n, layers)
                     for v in r["summary"].get("last_gammas", {}).values()]
             if ends:
                 out.append(f"  {n} trajectories, {layers} layers: {arm} ends with mean |γ| "
