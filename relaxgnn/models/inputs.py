@@ -10,7 +10,7 @@ from e3nn import o3
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from ..data.graphs import fully_connected_edges, radius_edges
+from ..geometry.neighbours import fully_connected_edges, radius_edges
 from ..nn.checks import check_batch, check_edge_index, check_features, check_positions
 from ..symmetry.irreps import as_irreps
 

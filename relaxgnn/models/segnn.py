@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
-from ..data.attributes import segnn_attributes
+from ..geometry.attributes import segnn_attributes
 from ..nn.checks import check_features, trusted_inputs
 from ..nn.o3_blocks import O3TensorProduct, O3TensorProductGate, balanced_irreps
 from ..nn.segnn_conv import SEGNNConv

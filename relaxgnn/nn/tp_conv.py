@@ -11,7 +11,7 @@ from e3nn.nn import FullyConnectedNet, Gate
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
-from ..data.graphs import edge_vectors
+from ..geometry.neighbours import edge_vectors
 from ..dtype import ExactWigner3j
 from ..symmetry.irreps import IrrepsLike, as_irreps
 from .checks import check_edge_index, check_features, check_positions
