@@ -8,9 +8,10 @@ from .io import build_model, load_model, model_spec, register_model, save_model
 from .pooling import pool
 from .segnn import SEGNN
 from .tpnet import TPNet, hidden_irreps
+from .vndgcnn import VNDGCNN
 
 # the classes model files and checkpoints may name (nothing else is ever built from a file)
-for _cls in (EGNN, SEGNN, TPNet, EnergyForceModel):
+for _cls in (EGNN, SEGNN, TPNet, VNDGCNN, EnergyForceModel):
     register_model(_cls, f"relaxgnn.models.{_cls.__name__}")
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "SEGNN",
     "GraphInputs",
     "TPNet",
+    "VNDGCNN",
     "build_model",
     "hidden_irreps",
     "load_model",

@@ -45,6 +45,7 @@ class EGNN(nn.Module):
         output: ``"position"``, ``"node"`` or ``"graph"`` (``out_channels`` scalars for the
             last two).
         cutoff: radius graph when the data has no ``edge_index`` (fully connected if ``None``).
+        knn: build the ``knn``-nearest-neighbour graph instead (point clouds).
         relax: relaxation paths: a path kind (``"linear"``, ``"mlp"``) or a mapping of
             :class:`~relaxgnn.relax.RelaxConfig` fields for the default placement in every layer
             (:meth:`~relaxgnn.nn.EGNNConv.relaxation_placement`), or an explicit placement
@@ -65,6 +66,7 @@ class EGNN(nn.Module):
         out_channels: int = 1,
         pooling: Pool = "sum",
         cutoff: float | None = None,
+        knn: int | None = None,
         normalize: bool = False,
         coord_tanh: bool = False,
         coord_clamp: float | None = 100.0,
@@ -75,7 +77,7 @@ class EGNN(nn.Module):
             raise ValueError(f"output must be 'position', 'node' or 'graph', got {output!r}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        self.inputs = GraphInputs(fields, atomic_numbers, cutoff)
+        self.inputs = GraphInputs(fields, atomic_numbers, cutoff, knn)
         for name, ir in self.inputs.fields.items():
             if any(i.ir.l > 0 or i.ir.p != 1 for i in as_irreps(ir)):
                 raise ValueError(f"EGNN reads only invariant (0e) fields; `{name}` is {ir}")

@@ -10,7 +10,7 @@ from e3nn import o3
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from ..geometry.neighbours import fully_connected_edges, radius_edges
+from ..geometry.neighbours import fully_connected_edges, knn_edges, radius_edges
 from ..nn.checks import check_batch, check_edge_index, check_features, check_positions
 from ..symmetry.irreps import as_irreps
 
@@ -25,6 +25,8 @@ class GraphInputs(nn.Module):
             over this list and appended as scalars (an unknown element is an error).
         cutoff: radius for the graph built when ``data`` has no ``edge_index``; ``None`` builds
             a fully connected graph per molecule.
+        knn: build the ``knn``-nearest-neighbour graph of each cloud instead (exact,
+            batch-aware: :func:`~relaxgnn.geometry.knn_edges`), e.g. for point clouds.
     """
 
     def __init__(
@@ -32,6 +34,7 @@ class GraphInputs(nn.Module):
         fields: Mapping[str, str] | None = None,
         atomic_numbers: Sequence[int] | None = None,
         cutoff: float | None = None,
+        knn: int | None = None,
     ) -> None:
         super().__init__()
         # plain strings and ints (not e3nn Irreps objects) so that torch.compile can guard on them
@@ -49,6 +52,9 @@ class GraphInputs(nn.Module):
         if cutoff is not None and cutoff <= 0:
             raise ValueError(f"cutoff must be positive, got {cutoff}")
         self.cutoff = cutoff
+        if knn is not None and (isinstance(knn, bool) or not isinstance(knn, int) or knn < 1):
+            raise ValueError(f"knn must be a positive integer or None, got {knn!r}")
+        self.knn = knn
         # follows the model's dtype through .double()/.float(): what the inputs must be in
         self.register_buffer("dtype_probe", torch.zeros(0), persistent=False)
 
@@ -82,7 +88,9 @@ class GraphInputs(nn.Module):
         edge_index = getattr(data, "edge_index", None)
         shift = getattr(data, "edge_shift", None)
         if edge_index is None:
-            if self.cutoff is None:
+            if self.knn is not None:
+                edge_index = knn_edges(pos, self.knn, batch)
+            elif self.cutoff is None:
                 edge_index = fully_connected_edges(N, batch, device=pos.device)
             else:
                 edge_index, shift = radius_edges(

@@ -46,7 +46,7 @@ class SEGNN(nn.Module):
     where :math:`f_i` are the input fields (any irreps), the element one-hot and, with
     ``centred_position_input``, :math:`x_i - \bar x_{G(i)}` (the mean of the node's graph), and
     :math:`\tilde W_a(x) = W(x \otimes a) + b`. The attributes :math:`a_{ij}, a_i` are spherical
-    harmonics up to ``lmax_attr`` (:func:`~relaxgnn.data.attributes.segnn_attributes`), with
+    harmonics up to ``lmax_attr`` (:func:`~relaxgnn.geometry.attributes.segnn_attributes`), with
     :math:`Y(v_i)` added to :math:`a_i` when ``velocity_field`` is set (SEGNN's N-body model).
     Heads: ``"node"`` returns :math:`\tilde W_{a_i}\sigma(\tilde W_{a_i} h^T_i)`, ``"position"``
     returns :math:`x_i` plus that (a ``1x1o`` displacement; translated with the input), and
@@ -70,6 +70,7 @@ class SEGNN(nn.Module):
         irreps_out: output irreps (default ``1x1o`` for ``"position"``, else ``1x0e``).
         pooling: ``"sum"`` or ``"mean"`` for the graph head.
         cutoff: radius graph when the data has no ``edge_index`` (fully connected if ``None``).
+        knn: build the ``knn``-nearest-neighbour graph instead (point clouds).
         aggr: neighbour aggregation of the layers, ``"sum"`` or ``"mean"``.
         relax: relaxation paths: a path kind (``"linear"``, ``"mlp"``) or a mapping of
             :class:`~relaxgnn.relax.RelaxConfig` fields for the paper's placement in every layer
@@ -100,6 +101,7 @@ class SEGNN(nn.Module):
         irreps_out: IrrepsLike | None = None,
         pooling: Pool = "sum",
         cutoff: float | None = None,
+        knn: int | None = None,
         aggr: Literal["sum", "mean"] = "sum",
         relax: str | Mapping[str, Any] | None = None,
     ) -> None:
@@ -108,9 +110,9 @@ class SEGNN(nn.Module):
             raise ValueError(f"output must be 'position', 'node' or 'graph', got {output!r}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if pooling not in ("sum", "mean"):
-            raise ValueError(f"pooling must be 'sum' or 'mean', got {pooling!r}")
-        self.inputs = GraphInputs(fields, atomic_numbers, cutoff)
+        if pooling not in ("sum", "mean", "max"):
+            raise ValueError(f"pooling must be 'sum', 'mean' or 'max', got {pooling!r}")
+        self.inputs = GraphInputs(fields, atomic_numbers, cutoff, knn)
         self.lmax_attr = lmax if lmax_attr is None else lmax_attr
         if self.lmax_attr < 0:
             raise ValueError(f"lmax_attr must be >= 0, got {self.lmax_attr}")

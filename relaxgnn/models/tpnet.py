@@ -71,6 +71,8 @@ class TPNet(nn.Module):
         num_layers: number of interaction blocks.
         cutoff: radius of the envelope and of the radius graph built (with vesin) when the data
             has no ``edge_index``; a given graph should use the same radius.
+        knn: build the ``knn``-nearest-neighbour graph instead when the data has no
+            ``edge_index`` (point clouds); the envelope still vanishes at ``cutoff``.
         num_basis: Bessel functions of the radial basis.
         radial_hidden, radial_layers: the radial MLP of each block.
         avg_num_neighbors: :math:`\bar n`; messages are divided by :math:`\sqrt{\bar n}`.
@@ -96,6 +98,7 @@ class TPNet(nn.Module):
         lmax: int = 2,
         num_layers: int = 3,
         cutoff: float = 5.0,
+        knn: int | None = None,
         num_basis: int = 8,
         radial_hidden: int = 64,
         radial_layers: int = 2,
@@ -108,11 +111,11 @@ class TPNet(nn.Module):
         super().__init__()
         if output not in ("node", "graph"):
             raise ValueError(f"output must be 'node' or 'graph', got {output!r}")
-        if pooling not in ("sum", "mean"):
-            raise ValueError(f"pooling must be 'sum' or 'mean', got {pooling!r}")
+        if pooling not in ("sum", "mean", "max"):
+            raise ValueError(f"pooling must be 'sum', 'mean' or 'max', got {pooling!r}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        self.inputs = GraphInputs(fields, atomic_numbers, cutoff)
+        self.inputs = GraphInputs(fields, atomic_numbers, cutoff, knn)
         self.output = output
         self.pooling = pooling
         self.irreps_hidden = (hidden_irreps(hidden_features, lmax) if irreps_hidden is None

@@ -6,6 +6,15 @@ from .o3_blocks import O3TensorProduct, O3TensorProductGate, balanced_irreps
 from .radial import BesselBasis, PolynomialCutoff
 from .segnn_conv import SEGNNConv
 from .tp_conv import TensorProductConv
+from .vector_neurons import (
+    VNBatchNorm,
+    VNLeakyReLU,
+    VNLinear,
+    VNLinearLeakyReLU,
+    VNStdFeature,
+    vn_leaky_relu,
+)
+from .vn_edge_conv import VNEdgeConv
 
 __all__ = [
     "MLP",
@@ -16,5 +25,12 @@ __all__ = [
     "PolynomialCutoff",
     "SEGNNConv",
     "TensorProductConv",
+    "VNBatchNorm",
+    "VNEdgeConv",
+    "VNLeakyReLU",
+    "VNLinear",
+    "VNLinearLeakyReLU",
+    "VNStdFeature",
+    "vn_leaky_relu",
     "balanced_irreps",
 ]

@@ -19,7 +19,7 @@ class SEGNNConv(MessagePassing):
 
     The attributes are spherical harmonics :math:`a_{ij} = Y(r_{ij}/\lVert r_{ij}\rVert)` of
     each edge and their neighbourhood mean :math:`a_i` per node (see
-    :mod:`relaxgnn.data.attributes`); :math:`e_{ij}` are invariant edge features (e.g.
+    :mod:`relaxgnn.geometry.attributes`); :math:`e_{ij}` are invariant edge features (e.g.
     :math:`[\lVert r_{ij}\rVert, q_i q_j]` in the N-body model). Every map is a tensor product
     with an attribute,
     :math:`\tilde W_a(x) = W(x \otimes a) + b` (:class:`~relaxgnn.nn.o3_blocks.O3TensorProduct`),

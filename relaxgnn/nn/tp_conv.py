@@ -11,8 +11,8 @@ from e3nn.nn import FullyConnectedNet, Gate
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
-from ..geometry.neighbours import edge_vectors
 from ..dtype import ExactWigner3j
+from ..geometry.neighbours import edge_vectors
 from ..symmetry.irreps import IrrepsLike, as_irreps
 from .checks import check_edge_index, check_features, check_positions
 from .radial import BesselBasis, PolynomialCutoff
