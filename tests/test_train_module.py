@@ -7,6 +7,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
+from torch_geometric.data import Data
 from train_helpers import make_trainer, molecules, nbody_like
 
 from relaxgnn.models import EGNN, SEGNN, TPNet, load_model
@@ -210,3 +211,49 @@ def test_an_explicit_schedule_length_changes_it_on_resume(tmp_path):
         assert callback.state_dict()["total_steps"] == length
         said = [str(w.message) for w in caught if "schedule length changed" in str(w.message)]
         assert bool(said) == (length == 30)
+
+
+def stretched_clouds(n: int, seed: int = 0) -> list[Data]:
+    """Two classes of randomly rotated 16-point clouds: stretched along one axis (a needle,
+    class 0) or along two (a disc, class 1)."""
+    from relaxgnn.symmetry import random_rotation
+
+    gen = torch.Generator().manual_seed(seed)
+    items = []
+    for k in range(n):
+        label = k % 2
+        scale = torch.tensor([2.0, 0.3, 0.3]) if label == 0 else torch.tensor([2.0, 2.0, 0.3])
+        pos = torch.randn(16, 3, generator=gen) * scale @ random_rotation(seed * 1000 + k,
+                                                                    dtype=torch.float32).T
+        items.append(Data(pos=pos, y=torch.tensor([label])))
+    return items
+
+
+def test_classification_task(tmp_path):
+    from relaxgnn.models import VNDGCNN
+
+    L.seed_everything(0)
+    model = VNDGCNN(num_classes=2, k=6, channels=(4, 4), embed_channels=8, head=(16,),
+                    dropout=0.0, relax="linear")
+    module = RelaxGNNModule(model, task="classification", label_smoothing=0.1,
+                            optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+    items = stretched_clouds(80)
+    data = GraphDataModule(train=items[:48], val=items[48:64], test=items[64:], batch_size=16)
+    trainer = make_trainer(tmp_path, [Relax("Triangle", theta=1.0)], max_epochs=8)
+    trainer.fit(module, data)
+    result = trainer.test(module, data, verbose=False)[0]
+    assert result["test/accuracy"] >= 0.75, result  # chance is 0.5: needles vs discs
+    metrics = (tmp_path / "run" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert "val/accuracy" in metrics and "train/accuracy" in metrics
+    batch = next(iter(data.test_dataloader()))
+    out = module.predict_batch(batch)
+    assert out["logits"].shape == (16, 2) and torch.equal(out["label"], out["logits"].argmax(-1))
+
+    bad = GraphDataModule(train=[Data(pos=d.pos, y=torch.tensor([5])) for d in items[:16]],
+                          val=items[48:64], batch_size=16)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 2\)"):
+        make_trainer(tmp_path / "bad", max_epochs=1).fit(
+            RelaxGNNModule(VNDGCNN(num_classes=2, k=6, channels=(4, 4), embed_channels=8,
+                                   head=(16,)), task="classification"), bad)
+    with pytest.raises(ValueError, match="one integer class"):
+        module.check_sample(Data(pos=items[0].pos, y=torch.tensor([0.5])))

@@ -1,4 +1,4 @@
-r"""One LightningModule for the three tasks of relaxgnn.
+r"""One LightningModule for the four tasks of relaxgnn.
 
 - ``task="node"``: node regression (N-body: predict positions ``y``), loss and metric MSE in the
   data's length unit squared.
@@ -10,6 +10,12 @@ r"""One LightningModule for the three tasks of relaxgnn.
   :math:`F = -\partial E/\partial x` by autograd (``create_graph`` while training);
   loss :math:`w_E\,\mathrm{MSE}(E) + w_F\,\mathrm{MSE}(F)`; metrics energy MAE (meV) and force
   MAE (meV/Å) when energies are in eV.
+- ``task="classification"``: graph classification (point clouds: class ``y`` per cloud). The
+  model outputs logits ``(num_graphs, num_classes)``; loss the cross entropy with
+  ``label_smoothing`` :math:`\varepsilon` (targets :math:`(1-\varepsilon)\,\delta_{cy} +
+  \varepsilon/C`; DGCNN's smoothing :math:`\varepsilon'` — :math:`1-\varepsilon'` on the true
+  class, :math:`\varepsilon'/(C-1)` on the others — is :math:`\varepsilon = \varepsilon' C/(C-1)`),
+  metric the accuracy (a fraction).
 
 Relaxation is driven by :class:`~relaxgnn.train.callbacks.Relax` (it sets :attr:`relaxation`,
 whose penalty is added to the training loss); validation and test run at θ = 0.
@@ -32,18 +38,21 @@ from ..models.pooling import pool
 from ..relax.learned import CONTAINER as GAMMAS
 from ..symmetry import apply_orthogonal, random_rotation, representation
 
-Task = Literal["node", "graph", "energy_forces"]
+Task = Literal["node", "graph", "energy_forces", "classification"]
 MILLI = {"eV": ("meV", 1e3), "Hartree": ("mHa", 1e3)}
 
 
 class RelaxGNNModule(LightningModule):
-    """Train any relaxgnn model on node, graph or energy-and-force regression.
+    """Train any relaxgnn model on node, graph or energy-and-force regression, or on graph
+    classification.
 
     Args:
         model: the network (any model of :mod:`relaxgnn.models`; given as ``class_path`` and
             ``init_args`` in a config file).
-        task: ``"node"``, ``"graph"`` or ``"energy_forces"`` (module docstring).
-        target: data field of the target (``y`` for node and graph tasks).
+        task: ``"node"``, ``"graph"``, ``"energy_forces"`` or ``"classification"`` (module
+            docstring).
+        target: data field of the target (``y`` for node, graph and classification tasks).
+        label_smoothing: classification: :math:`\varepsilon` of the cross entropy.
         target_index: column of ``target`` for graph regression (``None``: the whole field).
         target_unit: unit of the target, named in the metrics (``"eV"`` → MAE in meV).
         normalize: graph task: learn the target standardised with training-set mean and std.
@@ -71,6 +80,7 @@ class RelaxGNNModule(LightningModule):
         forces_field: str = "forces",
         energy_weight: float = 1.0,
         force_weight: float = 100.0,
+        label_smoothing: float = 0.0,
         random_rotation: bool = False,
         seed: int = 0,
         optimizer: OptimizerCallable = lambda p: torch.optim.Adam(p, lr=1e-3),
@@ -78,8 +88,11 @@ class RelaxGNNModule(LightningModule):
         lr_scheduler_monitor: str = "val/loss",
     ) -> None:
         super().__init__()
-        if task not in ("node", "graph", "energy_forces"):
-            raise ValueError(f"task must be 'node', 'graph' or 'energy_forces', got {task!r}")
+        if task not in ("node", "graph", "energy_forces", "classification"):
+            raise ValueError(f"task must be 'node', 'graph', 'energy_forces' or "
+                             f"'classification', got {task!r}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
         self.model = model
         self.task = task
@@ -109,13 +122,19 @@ class RelaxGNNModule(LightningModule):
     def check_sample(self, sample: Any) -> None:
         """Fail before training when the data lack what the task reads."""
         hp = self.hparams
-        fields = {"node": [hp.target], "graph": [hp.target],
+        fields = {"node": [hp.target], "graph": [hp.target], "classification": [hp.target],
                   "energy_forces": [hp.energy_field, hp.forces_field]}[self.task]
         for name in fields:
             if getattr(sample, name, None) is None:
                 raise ValueError(f"task {self.task!r} reads the data field `{name}`, which the "
                                  f"dataset's samples do not have (they have "
                                  f"{sorted(sample.keys())})")
+        if self.task == "classification":
+            y = getattr(sample, hp.target)
+            if y.is_floating_point() or y.numel() != 1:
+                raise ValueError(f"classification reads one integer class per sample from "
+                                 f"`{hp.target}`; the samples have a {y.dtype} tensor of shape "
+                                 f"{tuple(y.shape)}")
         if self.task == "graph" and self.hparams.target_index is not None:
             y = getattr(sample, self.hparams.target).reshape(1, -1)
             if not 0 <= self.hparams.target_index < y.shape[-1]:
@@ -145,6 +164,8 @@ class RelaxGNNModule(LightningModule):
             energy, forces = energy_and_forces(self.model, batch, training=create_graph)
             return {"energy": energy, "forces": forces}
         out = self.model(batch)
+        if self.task == "classification":
+            return {"logits": out, "label": out.argmax(-1)}
         if self.task == "graph":
             out = out.reshape(batch.num_graphs, -1) * self.target_std + self.target_mean
             out = out + self._reference(batch, out)
@@ -175,6 +196,8 @@ class RelaxGNNModule(LightningModule):
                                  f"`{hp.target}` {tuple(target.shape)}")
             mse = (pred - target).pow(2).mean()
             return {"loss": mse, "mse": mse}
+        if self.task == "classification":
+            return self._classification(batch)
         pred = self.model(batch).reshape(batch.num_graphs, -1)
         target = self._graph_target(batch)
         if pred.shape != target.shape:
@@ -184,6 +207,21 @@ class RelaxGNNModule(LightningModule):
         unit, factor = MILLI.get(hp.target_unit, (hp.target_unit, 1.0))
         mae = (pred - target).abs().mean() * self.target_std * factor
         return {"loss": loss, f"mae_{unit}" if unit else "mae": mae}
+
+    def _classification(self, batch: Batch) -> dict[str, Tensor]:
+        logits = self.model(batch)
+        y = getattr(batch, self.hparams.target).reshape(-1)
+        if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
+            raise ValueError(f"classification needs logits of shape (num_graphs, num_classes) "
+                             f"= ({y.shape[0]}, C); the model gave {tuple(logits.shape)}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1]):
+            raise ValueError(f"class labels `{self.hparams.target}` must lie in "
+                             f"[0, {logits.shape[1]}) for a model with {logits.shape[1]} "
+                             f"outputs; got labels {int(y.min())}..{int(y.max())}")
+        loss = torch.nn.functional.cross_entropy(logits, y.long(),
+                                                 label_smoothing=self.hparams.label_smoothing)
+        accuracy = (logits.argmax(-1) == y).to(logits.dtype).mean()
+        return {"loss": loss, "accuracy": accuracy}
 
     # ------------------------------------------------------------------ Lightning hooks
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
@@ -200,7 +238,7 @@ class RelaxGNNModule(LightningModule):
                             dtype=batch.pos.dtype).to(batch.pos.device)
         rotated = apply_orthogonal(batch, R, self.model.signature)
         target_irreps = {"node": {self.hparams.target: self.model.signature.irreps_out},
-                         "graph": {},
+                         "graph": {}, "classification": {},
                          "energy_forces": {self.hparams.forces_field: "1x1o"}}[self.task]
         for name, irreps in target_irreps.items():
             value = getattr(rotated, name)

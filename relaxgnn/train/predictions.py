@@ -4,12 +4,14 @@ directory (``predictions_rank<r>.pt`` per process under DDP).
 The file is a ``torch.save``-d dict of tensors and plain data (it loads with
 ``torch.load(path, weights_only=True)``)::
 
-    {"format": 1, "task": "node" | "graph" | "energy_forces", "split": "test",
+    {"format": 1, "task": "node" | "graph" | "energy_forces" | "classification",
+     "split": "test",
      "index":         (S,) long   position of each predicted sample in the split,
      "dataset_index": (S,) long   its index in the dataset the split was drawn from
                                    (= index when the split is its own dataset),
      "node_sample":   (N,) long   the sample of each node row (node-level outputs),
-     "y": ...  |  "energy": (S,), "forces": (N, 3)       predictions in the data's units,
+     "y": ...  |  "energy": (S,), "forces": (N, 3)       predictions in the data's units
+       |  "logits": (S, C), "label": (S,) long               (classification),
      "checkpoint": str | None}
 
 ``y`` is ``(N, d)`` for node tasks (rows grouped by sample, in sample order) and ``(S, d)`` for
@@ -28,7 +30,8 @@ from torch.utils.data import Subset
 
 from ..atomic import atomic_torch_save
 
-NODE_LEVEL = {"node": {"y"}, "graph": set(), "energy_forces": {"forces"}}
+NODE_LEVEL = {"node": {"y"}, "graph": set(), "energy_forces": {"forces"},
+              "classification": set()}
 
 
 class WritePredictions(Callback):
