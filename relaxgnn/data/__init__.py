@@ -13,6 +13,7 @@ from .graphs import (
 )
 from .md17 import MD17
 from .md_generate import GeneratedMD, generate_md
+from .modelnet import ModelNet, OFFFormatError, read_off, sample_surface
 from .nbody import (
     GravityNBody,
     NBody,
@@ -21,6 +22,7 @@ from .nbody import (
     simulate_charged,
     simulate_gravity,
 )
+from .point_clouds import Normalize, PointFeatures, RandomRotation, normalize_points
 from .qm9 import QM9
 from .splits import load_splits, save_splits, split_indices
 
@@ -49,4 +51,12 @@ __all__ = [
     "simulate_gravity",
     "spherical_harmonics",
     "split_indices",
+    "ModelNet",
+    "Normalize",
+    "OFFFormatError",
+    "PointFeatures",
+    "RandomRotation",
+    "normalize_points",
+    "read_off",
+    "sample_surface",
 ]
