@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -35,14 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_argument("out", help="the model file to write (.pt)")
     data = commands.add_parser("data", help="generate data sets")
     kinds = data.add_subparsers(dest="dataset", required=True)
-    nbody = kinds.add_parser("nbody", help="the charged N-body set of EGNN/SEGNN (5 particles)")
-    nbody.add_argument("--kind", choices=["charged"], default="charged")
-    nbody.add_argument("--out", default="datasets/nbody", help="cache directory")
-    for name, default in (("num-train", 10_000), ("num-val", 2_000), ("num-test", 2_000),
-                          ("seed", 43), ("n-particles", 5), ("n-steps", 5000),
-                          ("sample-freq", 100)):
-        nbody.add_argument(f"--{name}", type=int, default=default)
-    nbody.add_argument("--dt", type=float, default=0.001)
+    kinds.add_parser("nbody", help="the charged N-body set of EGNN/SEGNN (5 particles)",
+                     add_help=False)  # its options: _nbody_parser
     md = kinds.add_parser("md", help="an MD17-like set: Langevin MD with GFN2-xTB (tblite)")
     md.add_argument("--molecule", default="ethanol", help="a name ase.build.molecule knows, or "
                     "ethanol/aspirin-style aliases (see relaxgnn.data.md_generate.MOLECULES)")
@@ -63,6 +58,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _nbody_parser(params: type) -> argparse.ArgumentParser:
+    """``relaxgnn data nbody``: ``--out`` and one option per field of the parameter record
+    ``params`` (``--num-train`` for ``num_train``), typed and defaulted like the field."""
+    parser = argparse.ArgumentParser(
+        prog="relaxgnn data nbody", description="Generate the charged N-body data set.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--kind", choices=["charged"], default="charged")
+    parser.add_argument("--out", default="datasets/nbody", help="cache directory")
+    for field in dataclasses.fields(params):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name,
+                            type=type(field.default), default=field.default,
+                            help=f"{params.__name__}.{field.name}")
+    return parser
+
+
+def _data_nbody(argv: list[str]) -> int:
+    """``relaxgnn data nbody [options]``: generate the cache (parsed apart from the other
+    commands because its options come from ChargedParams, and importing it imports torch)."""
+    from .data.nbody import ChargedParams, generate_charged
+
+    generation = vars(_nbody_parser(ChargedParams).parse_args(argv))
+    out = generation.pop("out")
+    del generation["kind"]  # "charged", the only choice
+    try:
+        info = generate_charged(out, ChargedParams(**generation))
+    except (OSError, ValueError, TypeError) as err:
+        return _fail("data nbody", err)
+    print(f"wrote {out}/charged_{{train,val,test}}.npz and charged.json "
+          f"({info['frames']} frames; {info['frame_steps']})")
+    return 0
+
+
 def _fail(command: str, err: BaseException) -> int:
     if os.environ.get("RELAXGNN_TRACEBACK"):
         raise err
@@ -80,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, OSError, TypeError, FloatingPointError, KeyError) as err:
             return _fail(argv[0], err)  # OSError: e.g. a disk that fills up during the run
         return 0
+    if argv[:2] == ["data", "nbody"]:
+        return _data_nbody(argv[2:])
     args = build_parser().parse_args(argv)
     if args.command == "project":
         from .train.cli import project_checkpoint
@@ -102,18 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, ImportError) as err:
             return _fail("data md", err)
         print(f"wrote {out} ({info.get('frames', '?')} frames) and its .json")
-    elif args.command == "data":
-        from .data.nbody import generate_charged
-
-        try:
-            info = generate_charged(args.out, num_train=args.num_train, num_val=args.num_val,
-                                    num_test=args.num_test, seed=args.seed,
-                                    n_particles=args.n_particles, n_steps=args.n_steps,
-                                    sample_freq=args.sample_freq, dt=args.dt)
-        except (OSError, ValueError) as err:
-            return _fail("data nbody", err)
-        print(f"wrote {args.out}/charged_{{train,val,test}}.npz and charged.json "
-              f"({info['frames']} frames; {info['frame_steps']})")
     elif args.command == "demo":
         from ase.collections import g2
 

@@ -4,10 +4,12 @@ its physics (sign, energy, equivariance), gravity, and the cache behind ``NBody`
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +20,13 @@ from relaxgnn.data import knn_edges, nbody
 from relaxgnn.data.nbody import (
     CHARGED_DEFAULTS,
     GRAVITY_DEFAULTS,
+    ChargedParams,
     GravityNBody,
+    GravityParams,
     NBody,
     NBodyCacheError,
+    cache,
     charged_initial_conditions,
-    generate_gravity,
     gravity_initial_conditions,
     simulate_charged,
     simulate_gravity,
@@ -255,8 +259,7 @@ def small(root, split="train", kind="charged", **kwargs) -> NBody | GravityNBody
 
 
 def generate(kind, root, **kwargs):
-    """``generate_<kind>`` with the small parameters (looked up in the module, as the data sets
-    do, so that ``count_generations`` sees it)."""
+    """``generate_<kind>`` with the small parameters."""
     params = SMALL if kind == "charged" else SMALL_GRAVITY
     return getattr(nbody, f"generate_{kind}")(root, **{**params, "progress": False, **kwargs})
 
@@ -267,11 +270,12 @@ def mtimes(root: Path) -> dict[str, int]:
 
 @pytest.fixture
 def count_generations(monkeypatch):
+    """The parameter records of the generations run (every kind generates through
+    ``cache.generate``)."""
     calls = []
-    for kind in KINDS:
-        original = getattr(nbody, f"generate_{kind}")
-        monkeypatch.setattr(nbody, f"generate_{kind}", lambda *a, _f=original, **k: calls.append(k)
-                            or _f(*a, **k))
+    original = cache.generate
+    monkeypatch.setattr(cache, "generate", lambda root, params, *a, **k: calls.append(params)
+                        or original(root, params, *a, **k))
     return calls
 
 
@@ -361,12 +365,8 @@ def test_defaults_are_egnn_nbody_small():
 
 
 def test_gravity_defaults_are_segnn_and_bad_arguments_are_errors(tmp_path):
-    dataset, generator = (
-        {k: p.default for k, p in inspect.signature(fn).parameters.items()}
-        for fn in (GravityNBody, generate_gravity)
-    )
-    for defaults in (dataset, generator):
-        assert {k: defaults[k] for k in GRAVITY_DEFAULTS} == GRAVITY_DEFAULTS
+    dataset = {k: p.default for k, p in inspect.signature(GravityNBody).parameters.items()}
+    assert GravityParams().asdict() == GRAVITY_DEFAULTS
     assert GRAVITY_DEFAULTS["n_particles"] == 100
     assert (GRAVITY_DEFAULTS["n_steps"], GRAVITY_DEFAULTS["sample_freq"]) == (5000, 100)
     assert {k: dataset[k] for k in ("max_samples", "frame_in", "frame_out", "target",
@@ -384,6 +384,40 @@ def test_gravity_defaults_are_segnn_and_bad_arguments_are_errors(tmp_path):
     with pytest.raises(TypeError, match="unknown gravity"):
         nbody.load_gravity(unused, "train", clip=1.0)
     assert not unused.exists()
+
+
+def test_parameter_records_type_check_and_are_taken_by_everything(tmp_path):
+    """One record per kind: typed and checked on construction, built from keywords by the
+    data sets, taken as a record or keywords (not both) by the generators and loaders."""
+    params = ChargedParams(**{**SMALL, "num_train": 6.0, "dt": 1})
+    assert (params.num_train, params.dt, params.frames) == (6, 1.0, 2)
+    assert type(params.num_train) is int and type(params.dt) is float
+    assert GravityParams(n_steps=300, sample_freq=100).frames == 3  # t = 0 is stored
+    assert list(ChargedParams().asdict()) == list(CHARGED_DEFAULTS)  # the json's key order
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.seed = 1
+    for bad, error, match in [
+        ({"num_train": 1.5}, TypeError, "num_train must be an integer"),
+        ({"seed": True}, TypeError, "seed must be an integer"),
+        ({"dt": "fast"}, TypeError, "dt must be a number"),
+        ({"dt": 0.0}, ValueError, "dt must be positive"),
+        ({"n_steps": 150}, ValueError, "multiple of sample_freq"),
+        ({"n_steps": 100}, ValueError, "at least 2 \\* sample_freq"),
+        ({"num_val": -1}, ValueError, "num_val must be >= 0"),
+        ({"clip": 0.0}, ValueError, "clip must be positive"),
+    ]:
+        with pytest.raises(error, match=match):
+            ChargedParams(**bad)
+    with pytest.raises(TypeError, match="unknown charged .*'G'.*known"):
+        ChargedParams.from_keywords(G=1.0)
+    with pytest.raises(TypeError, match="not both"):
+        nbody.generate_charged(tmp_path, params, seed=1)
+    with pytest.raises(TypeError, match="must be a GravityParams"):
+        nbody.load_gravity(tmp_path, "train", params)
+    info = nbody.generate_charged(tmp_path / "record", replace(params, dt=0.001), progress=False)
+    assert info["params"] == {**CHARGED_DEFAULTS, **SMALL}
+    assert small(tmp_path / "record", generate=False).params == replace(params, dt=0.001)
+    assert nbody.load_charged(tmp_path / "record", "val", **SMALL)["loc"].shape == (3, 2, 5, 3)
 
 
 @pytest.mark.parametrize("kind", KINDS)

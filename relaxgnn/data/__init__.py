@@ -15,7 +15,9 @@ from .md17 import MD17
 from .md_generate import GeneratedMD, generate_md
 from .modelnet import ModelNet, OFFFormatError, read_off, sample_surface
 from .nbody import (
+    ChargedParams,
     GravityNBody,
+    GravityParams,
     NBody,
     generate_charged,
     generate_gravity,
@@ -31,8 +33,10 @@ __all__ = [
     "MD17",
     "QM9",
     "ASEDataset",
+    "ChargedParams",
     "FullyConnected",
     "GravityNBody",
+    "GravityParams",
     "KNNGraph",
     "NBody",
     "RadiusGraph",
