@@ -6,6 +6,8 @@
 - ``relaxgnn data nbody --kind charged --out DIR``: generate the charged N-body data set.
 - ``relaxgnn data md --molecule ethanol --steps N --out FILE.npz``: an MD17-like data set
   (Langevin MD at 500 K with GFN2-xTB from tblite, the ``md`` extra).
+- ``relaxgnn data shapes --root DIR [--num-points N --samples-per-class K]``: generate the
+  synthetic shape-classification set (:class:`relaxgnn.data.SyntheticShapes`).
 - ``relaxgnn demo``: the equivariance report of every model on a molecule.
 """
 
@@ -50,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--sample-every", type=int, default=10)
     md.add_argument("--equilibration-steps", type=int, default=1_000)
     md.add_argument("--method", default="GFN2-xTB")
+    shapes = kinds.add_parser("shapes", help="the synthetic shape-classification set "
+                              "(eight z-aligned primitives, SyntheticShapes)")
+    shapes.add_argument("--root", "--out", dest="root", default="datasets/shapes",
+                        help="cache directory")
+    shapes.add_argument("--splits", nargs="+", choices=["train", "val", "test"],
+                        default=["train", "val", "test"])
+    for name, default in (("num-points", 300), ("samples-per-class", 100), ("seed", 0)):
+        shapes.add_argument(f"--{name}", type=int, default=default)
+    shapes.add_argument("--noise", type=float, default=0.02)
+    shapes.add_argument("--deformation", type=float, default=0.2)
     demo = commands.add_parser("demo", help="equivariance report of every model on a molecule")
     demo.add_argument("--molecule", default="CH3CH2OH",
                       help="a name that ase.build.molecule knows (default: ethanol)")
@@ -118,6 +130,19 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, OSError) as err:
             return _fail("project", err)
         print(f"projected model written to {path}")
+    elif args.command == "data" and args.dataset == "shapes":
+        from .data.shapes import SyntheticShapes
+
+        try:
+            for split in args.splits:
+                data = SyntheticShapes(args.root, split, num_points=args.num_points,
+                                       samples_per_class=args.samples_per_class,
+                                       seed=args.seed, noise=args.noise,
+                                       deformation=args.deformation)
+                print(f"{data.cache_path}: {len(data)} clouds of {args.num_points} points, "
+                      f"{data.num_classes} classes")
+        except (OSError, ValueError) as err:
+            return _fail("data shapes", err)
     elif args.command == "data" and args.dataset == "md":
         from .data.md_generate import generate_md
 

@@ -26,6 +26,7 @@ from .nbody import (
 )
 from .point_clouds import Normalize, PointFeatures, RandomRotation, normalize_points
 from .qm9 import QM9
+from .shapes import SHAPES, SyntheticShapes
 from .splits import load_splits, save_splits, split_indices
 
 __all__ = [
@@ -60,6 +61,8 @@ __all__ = [
     "OFFFormatError",
     "PointFeatures",
     "RandomRotation",
+    "SHAPES",
+    "SyntheticShapes",
     "normalize_points",
     "read_off",
     "sample_surface",

@@ -168,7 +168,10 @@ class RandomRotation(BaseTransform):
                 raise ValueError(
                     f"RandomRotation: data.{key} must have shape (N, 3), got {tuple(value.shape)}"
                 )
-            setattr(data, key, (value.to(torch.float64) @ R.T.to(value.device)).to(value.dtype))
+            # R v as a broadcast sum: a (N, 3) @ (3, 3) matmul stalls for ~20 ms in BLAS
+            # threads on a busy machine, on every item
+            rotated = (value.to(torch.float64).unsqueeze(-2) * R.to(value.device)).sum(-1)
+            setattr(data, key, rotated.to(value.dtype))
         return data
 
     def __repr__(self) -> str:
