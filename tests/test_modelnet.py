@@ -15,6 +15,7 @@ import yaml
 
 from relaxgnn.data import KNNGraph, ModelNet, OFFFormatError, read_off, sample_surface
 from relaxgnn.data import modelnet as modelnet_module
+from relaxgnn.data.base import GraphDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -309,6 +310,9 @@ def test_modelnet_rotation_augmentation(tmp_path):
 def test_modelnet_pyg_protocol(tmp_path):
     make_layout(tmp_path, variants=False)
     data = ModelNet(tmp_path, "train", num_points=20, transform=KNNGraph(4), progress=False)
+    assert isinstance(data, GraphDataset) and type(data).__getitem__ is GraphDataset.__getitem__
+    with pytest.raises(IndexError, match="index 7 is out of range"):
+        data[[0, 7]]
     assert data[0].edge_index.shape == (2, 80)
     view = data[[0, 6]]
     assert len(view) == 2 and [int(d.y) for d in view] == [0, 2]

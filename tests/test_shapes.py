@@ -10,10 +10,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from torch_geometric.loader import DataLoader
+from torch_geometric.transforms import Compose
 
 from relaxgnn.cli import main
-from relaxgnn.data import SHAPES, SyntheticShapes
+from relaxgnn.data import SHAPES, KNNGraph, PointFeatures, SyntheticShapes
 from relaxgnn.data import shapes as shapes_module
+from relaxgnn.data.base import GraphDataset
 from relaxgnn.data.point_clouds import RandomRotation
 from relaxgnn.data.shapes import (
     CAPSULE_HALF_LENGTH,
@@ -303,3 +306,19 @@ def test_cli_writes_the_cache(tmp_path, capsys, monkeypatch):
     assert len(test) == 16
     assert main(["data", "shapes", "--root", str(root), "--num-points", "0"]) == 2
     assert "num_points" in capsys.readouterr().err
+
+
+def test_pyg_protocol_batches_with_graphs_and_features():
+    data = SyntheticShapes(None, "val", num_points=40, samples_per_class=2, rotation="so3",
+                           rotation_seed=1, transform=Compose([KNNGraph(6), PointFeatures()]))
+    assert isinstance(data, GraphDataset)
+    assert type(data).__getitem__ is GraphDataset.__getitem__  # PyG's, not our own
+    view = data[torch.arange(16) % 2 == 1]
+    assert len(view) == 8 and torch.equal(view[2].pos, data[5].pos)
+    with pytest.raises(IndexError, match="mask has 3 entries"):
+        data[[True, False, True]]
+    batch = next(iter(DataLoader(data, batch_size=4)))
+    assert batch.num_graphs == 4 and batch.y.shape == (4,) and batch.pos.shape == (160, 3)
+    assert batch.x.shape == (160, 2) and batch.rel.shape == (160, 3)
+    assert batch.edge_index.shape == (2, 160 * 6)
+    assert (batch.batch[batch.edge_index[0]] == batch.batch[batch.edge_index[1]]).all()

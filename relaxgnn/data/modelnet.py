@@ -50,9 +50,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch_geometric.data import Data, Dataset
+from torch_geometric.data import Data
 
 from ..atomic import atomic_write
+from .base import GraphDataset
 from .point_clouds import Normalize, rotation_transform
 
 SPLITS = ("train", "test")
@@ -424,9 +425,11 @@ def _sample_split(base: Path, files: list[str], classes: list[str], num_points: 
 # ----------------------------------------------------------------------------- the data set
 
 
-class ModelNet(Dataset):
+class ModelNet(GraphDataset):
     r"""ModelNet40 / ModelNet10 as point clouds ``Data(pos (num_points, 3), y (1,))``, from the
-    ``.off`` meshes or PointNet's HDF5 files (module docstring).
+    ``.off`` meshes or PointNet's HDF5 files (module docstring). A
+    :class:`~relaxgnn.data.base.GraphDataset`: PyG's ``Dataset`` protocol, so ``data[i]``,
+    slices, index lists and masks (views) and ``transform`` work as in PyG.
 
     Args:
         root: the folder (see the module docstring for the layouts that are recognised).
@@ -475,7 +478,8 @@ class ModelNet(Dataset):
         if isinstance(num_points, bool) or int(num_points) != num_points or num_points < 1:
             raise ValueError(f"num_points must be a positive integer, got {num_points!r}")
         self._rotation = rotation_transform(rotation, rotation_seed)
-        super().__init__(None, transform=transform, pre_transform=pre_transform)
+        super().__init__(transform=transform)
+        self.pre_transform = pre_transform
         self.root, self.split, self.num_points = str(root), split, int(num_points)
         self.seed, self.normalize, self.rotation = int(seed), bool(normalize), rotation
         self.format, self.source = _layout(Path(root), format)

@@ -63,9 +63,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch_geometric.data import Data, Dataset
+from torch_geometric.data import Data
 
 from ..atomic import atomic_write
+from .base import GraphDataset
 from .point_clouds import Normalize, rotation_transform
 
 SPLITS = ("train", "val", "test")
@@ -369,9 +370,10 @@ def _read_cache(path: Path, meta: dict[str, Any]) -> dict[str, np.ndarray]:
     return arrays
 
 
-class SyntheticShapes(Dataset):
+class SyntheticShapes(GraphDataset):
     r"""The synthetic shape-classification set of the module docstring as
-    ``Data(pos (num_points, 3) float32, y (1,) long)``.
+    ``Data(pos (num_points, 3) float32, y (1,) long)``; a
+    :class:`~relaxgnn.data.base.GraphDataset` (PyG's ``Dataset`` protocol).
 
     Args:
         root: cache folder (``None``: generate in memory, no file).
@@ -424,7 +426,8 @@ class SyntheticShapes(Dataset):
             scale_range=scale_range, deformation=deformation, classes=classes,
         ))  # fmt: skip
         self._rotation = rotation_transform(rotation, rotation_seed)
-        super().__init__(None, transform=transform, pre_transform=pre_transform)
+        super().__init__(transform=transform)
+        self.pre_transform = pre_transform
         self.root = None if root is None else str(root)
         self.split, self.normalize, self.rotation = split, bool(normalize), rotation
         self.classes = list(self.params["classes"])
