@@ -366,6 +366,7 @@ def test_modelnet_reads_hdf5(tmp_path):
     clouds = h5_layout(tmp_path)
     data = ModelNet(tmp_path, "train", num_points=8, normalize=False)
     assert data.format == "h5" and data.classes == ["airplane", "bathtub", "bed"]
+    assert data.cache_path is None and not (tmp_path / "processed").exists()
     order = ["train0", "train2", "train10"]  # by file number, not by name
     assert [Path(f).name for f in data.files] == [f"ply_data_{o}.h5" for o in order]
     points = np.concatenate([clouds[o][0][:, :8] for o in order])

@@ -456,6 +456,7 @@ class ModelNet(GraphDataset):
         format, source: the format read and the folder it was read from.
         files: the ``.off`` files (relative to ``source``) or HDF5 files of the split, in
             item order (HDF5: each file holds many items).
+        cache_path: the cache of the sampled points (``None`` for HDF5).
     """
 
     def __init__(
@@ -486,6 +487,7 @@ class ModelNet(GraphDataset):
         if self.format == "off":
             pos, label = self._load_off(force_reload, progress)
         else:
+            self.cache_path = None  # the HDF5 clouds are read as they are
             self.files = [str(p) for p in _h5_files(self.source, split)]
             if not self.files:
                 raise FileNotFoundError(f"ModelNet: no ply_data_{split}*.h5 in {self.source}")
