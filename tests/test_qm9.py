@@ -86,13 +86,13 @@ def test_float32_default_and_batching(tmp_path):
 
 def test_skips_uncharacterized_by_qm9_index(tmp_path, xyz64):
     expected = [i for i in SAMPLE_INDICES if i != 5003]
-    assert xyz64.indices.tolist() == expected
+    assert xyz64.qm9_indices.tolist() == expected
     everything = QM9(make_root(tmp_path / "all"), skip_uncharacterized=False)
-    assert everything.indices.tolist() == SAMPLE_INDICES
+    assert everything.qm9_indices.tolist() == SAMPLE_INDICES
     # the file name does not matter, the `gdb 5003` of its property line does
     root = make_root(tmp_path / "renamed")
     (root / "raw" / "dsgdb9nsd_005003.xyz").rename(root / "raw" / "dsgdb9nsd_000011.xyz")
-    assert QM9(root).indices.tolist() == expected
+    assert QM9(root).qm9_indices.tolist() == expected
 
 
 def test_uncharacterized_list_is_complete():
@@ -122,7 +122,7 @@ def test_tar_bz2_archive_equals_loose_files(tmp_path, xyz64):
 
 def test_sdf_layout_matches_xyz(tmp_path, xyz64):
     sdf = QM9(make_root(tmp_path, xyz=False, sdf=True), dtype=torch.float64)
-    assert sdf.layout == "sdf" and sdf.indices.tolist() == [1, 2]
+    assert sdf.layout == "sdf" and sdf.qm9_indices.tolist() == [1, 2]
     reference = by_index(xyz64)
     for d in sdf:
         ref = reference[d.idx]
@@ -245,5 +245,5 @@ def test_raw_files_outside_root_and_a_separate_uncharacterized_list(tmp_path):
     samples = Path(__file__).resolve().parents[1] / "datasets" / "qm9"
     qm9 = QM9(tmp_path, raw_dir=samples / "xyz",
               uncharacterized_file=samples / "uncharacterized.txt")
-    assert len(qm9) == 19 and 5003 not in qm9.indices.tolist()
+    assert len(qm9) == 19 and 5003 not in qm9.qm9_indices.tolist()
     assert qm9.processed_path.parent == tmp_path / "processed"

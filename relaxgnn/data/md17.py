@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Subset
 from torch_geometric.data import Data
 
-from .splits import resolve_index
+from .base import GraphDataset
 
 ENERGY_UNITS = ("eV", "meV", "kcal/mol", "kJ/mol", "Hartree")
 """Energy units understood by the loaders; forces are in the energy unit per Å."""
@@ -110,7 +109,7 @@ def energy_factor(unit: str) -> float:
     return factors[unit]
 
 
-class EnergyForceDataset(Dataset):
+class EnergyForceDataset(GraphDataset):
     """Frames of atoms with energies and forces, stored packed (one tensor per field).
 
     Args:
@@ -121,8 +120,9 @@ class EnergyForceDataset(Dataset):
         transform: applied to each ``Data`` on access.
         dtype: floating dtype of ``pos``, ``energy`` and ``forces`` (stored in float64).
 
-    Indexing with an int gives ``Data(z, pos, energy (1,), forces)``; a slice, list, tensor or
-    mask gives a :class:`torch.utils.data.Subset`.
+    Indexing follows PyG (:mod:`relaxgnn.data.base`): an int gives
+    ``Data(z, pos, energy (1,), forces)``; a slice, list, tensor or mask gives a view, whose
+    :attr:`energy` is its own.
     """
 
     def __init__(
@@ -134,6 +134,7 @@ class EnergyForceDataset(Dataset):
         transform: Callable[[Data], Data] | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
+        super().__init__(transform)
         if not len(numbers) == len(positions) == len(energies) == len(forces):
             raise ValueError(
                 f"got {len(numbers)} atomic-number arrays, {len(positions)} position arrays, "
@@ -145,32 +146,24 @@ class EnergyForceDataset(Dataset):
         self._pos = _packed(positions)
         self._forces = _packed(forces)
         self._energy = torch.as_tensor(np.asarray(energies, dtype=np.float64).reshape(-1))
-        self.transform = transform
         self.dtype = dtype
 
-    def __len__(self) -> int:
+    def len(self) -> int:
         return self._energy.numel()
 
-    def __getitem__(self, index) -> Data | Subset:
-        position = resolve_index(index, len(self))
-        if isinstance(position, list):
-            return Subset(self, position)
-        lo, hi = int(self._ptr[position]), int(self._ptr[position + 1])
-        data = Data(
+    def get(self, idx: int) -> Data:
+        lo, hi = int(self._ptr[idx]), int(self._ptr[idx + 1])
+        return Data(
             z=self._z[lo:hi],
             pos=self._pos[lo:hi].to(self.dtype),
-            energy=self._energy[position : position + 1].to(self.dtype),
+            energy=self._energy[idx : idx + 1].to(self.dtype),
             forces=self._forces[lo:hi].to(self.dtype),
         )
-        return data if self.transform is None else self.transform(data)
 
     @property
     def energy(self) -> Tensor:
         """All energies, ``(len(self),)``, eV."""
-        return self._energy.to(self.dtype)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({len(self)})"
+        return self.select(self._energy).to(self.dtype)
 
 
 def _packed(arrays: Sequence[np.ndarray]) -> Tensor:

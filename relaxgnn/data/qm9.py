@@ -35,11 +35,10 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Subset
 from torch_geometric.data import Data
 
 from ..atomic import atomic_torch_save
-from .splits import resolve_index
+from .base import GraphDataset
 
 HAR2EV = 27.211386246
 """eV per Hartree (torch_geometric's value, CODATA 2018)."""
@@ -264,7 +263,7 @@ def read_uncharacterized(path: Path) -> set[int]:
 # ---------------------------------------------------------------------------------- data set
 
 
-class QM9(Dataset):
+class QM9(GraphDataset):
     """QM9 molecules with the 19 targets of ``torch_geometric.datasets.QM9``.
 
     Args:
@@ -282,8 +281,9 @@ class QM9(Dataset):
         force_reload: re-process even when a matching cache exists.
 
     The cache ``processed/qm9_<variant>_<key>.pt`` is keyed by the names, sizes and modification
-    times of the raw files used, so a changed raw set is processed again. Indexing with an int
-    gives a ``Data``; a slice, list, tensor or mask gives a :class:`torch.utils.data.Subset`.
+    times of the raw files used, so a changed raw set is processed again. Indexing follows PyG
+    (:mod:`relaxgnn.data.base`): an int gives a ``Data``; a slice, list, tensor or mask gives
+    a view, whose :attr:`y`, :attr:`qm9_indices`, :meth:`mean` and :meth:`std` are its own.
     """
 
     def __init__(
@@ -297,12 +297,12 @@ class QM9(Dataset):
         raw_dir: str | os.PathLike | None = None,
         uncharacterized_file: str | os.PathLike | None = None,
     ) -> None:
+        super().__init__(transform)
         self.root = Path(root)
         self._raw_dir = Path(raw_dir) if raw_dir is not None else self.root / "raw"
         self._uncharacterized = Path(uncharacterized_file) if uncharacterized_file is not None \
             else None
         self.skip_uncharacterized = skip_uncharacterized
-        self.transform = transform
         self.dtype = dtype
         if download and self._find_raw() is None:
             self.download()
@@ -429,40 +429,39 @@ class QM9(Dataset):
 
     # -- access
 
-    def __len__(self) -> int:
+    def len(self) -> int:
         return self._store["idx"].numel()
 
-    def __getitem__(self, index) -> Data | Subset:
-        position = resolve_index(index, len(self))
-        if isinstance(position, list):
-            return Subset(self, position)
+    def get(self, idx: int) -> Data:
         store = self._store
-        lo, hi = int(store["ptr"][position]), int(store["ptr"][position + 1])
-        idx = int(store["idx"][position])
-        data = Data(
+        lo, hi = int(store["ptr"][idx]), int(store["ptr"][idx + 1])
+        qm9_index = int(store["idx"][idx])
+        return Data(
             z=store["z"][lo:hi],
             pos=store["pos"][lo:hi].to(self.dtype),
-            y=store["y"][position : position + 1].to(self.dtype),
-            idx=idx,
-            name=f"gdb_{idx}",
+            y=store["y"][idx : idx + 1].to(self.dtype),
+            idx=qm9_index,
+            name=f"gdb_{qm9_index}",
         )
-        return data if self.transform is None else self.transform(data)
 
     @property
     def y(self) -> Tensor:
         """All targets, ``(len(self), 19)``."""
-        return self._store["y"].to(self.dtype)
+        return self.select(self._store["y"]).to(self.dtype)
 
     @property
-    def indices(self) -> Tensor:
-        """The QM9 index of each item, ``(len(self),)``."""
-        return self._store["idx"]
+    def qm9_indices(self) -> Tensor:
+        """The QM9 index of each item, ``(len(self),)`` (``indices()`` is PyG's: the positions
+        of a view's items in the whole data set)."""
+        return self.select(self._store["idx"])
 
     def mean(self, target: int) -> float:
-        return float(self._store["y"][:, target].mean())
+        """Mean of column ``target`` of :attr:`y` (in float64)."""
+        return float(self.select(self._store["y"])[:, target].mean())
 
     def std(self, target: int) -> float:
-        return float(self._store["y"][:, target].std())
+        """Standard deviation of column ``target`` of :attr:`y` (in float64)."""
+        return float(self.select(self._store["y"])[:, target].std())
 
     @staticmethod
     def atomref(target: int, dtype: torch.dtype | None = None) -> Tensor | None:

@@ -1,21 +1,18 @@
-"""Index helpers shared by the data sets: random train/val/test splits (saved as JSON) and the
-selection of items by an integer, a slice, a sequence or a boolean mask.
+"""Random train/val/test splits of a data set's items, saved as JSON.
 
 A split is a ``dict`` ``{"train": [...], "val": [...], "test": [...]}`` of sorted, disjoint lists
-of item positions; ``dataset[split["train"]]`` selects them.
+of item positions; ``dataset[split["train"]]`` selects them (a view: :mod:`relaxgnn.data.base`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import operator
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ..atomic import atomic_write_text
@@ -106,35 +103,3 @@ def _as_list(index) -> list:
     if isinstance(index, (Tensor, np.ndarray)):
         return index.reshape(-1).tolist()
     return list(index)
-
-
-def resolve_index(index, n: int) -> int | list[int]:
-    """Turn a data set index into one position (``int``) or a list of positions.
-
-    Accepts an int (negative counts from the end), a slice, a sequence / 1-D tensor / array of
-    ints, or a boolean mask of length ``n``. Raises ``IndexError`` for out-of-range positions.
-    """
-    if isinstance(index, (Tensor, np.ndarray)) and index.ndim == 0:
-        index = index.item()
-    if isinstance(index, slice):
-        return list(range(n)[index])
-    if isinstance(index, (Tensor, np.ndarray, Sequence)) and not isinstance(index, str):
-        items = _as_list(index)
-        is_mask = (
-            index.dtype in (torch.bool, np.bool_)
-            if isinstance(index, (Tensor, np.ndarray))
-            else bool(items) and all(isinstance(i, bool) for i in items)
-        )
-        if is_mask:
-            if len(items) != n:
-                raise IndexError(f"boolean mask has length {len(items)}, data set has {n} items")
-            return [i for i, keep in enumerate(items) if keep]
-        return [_position(i, n) for i in items]
-    return _position(index, n)
-
-
-def _position(i, n: int) -> int:
-    i = operator.index(i)
-    if not -n <= i < n:
-        raise IndexError(f"index {i} is out of range for a data set of {n} items")
-    return i % n

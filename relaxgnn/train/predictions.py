@@ -27,6 +27,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Subset
+from torch_geometric.data import Dataset
 
 from ..atomic import atomic_torch_save
 
@@ -90,4 +91,6 @@ def _dataset_index(trainer: Trainer, positions: torch.Tensor) -> torch.Tensor:
     split = getattr(datamodule, "test_set", None)
     if isinstance(split, Subset):
         return torch.as_tensor(split.indices, dtype=torch.long)[positions]
+    if isinstance(split, Dataset):  # PyG's; a view (dataset[idx]) lists its items' indices
+        return torch.as_tensor(list(split.indices()), dtype=torch.long)[positions]
     return positions.clone()
