@@ -1,6 +1,7 @@
 """Every shipped config trains on a fresh clone: QM9 on the genuine samples in datasets/, the
-N-body and MD configs on data they generate on first use (here smaller, and under tmp_path, to
-keep the suite fast; the models, losses and callbacks are the configs' own)."""
+N-body, MD and synthetic-shape configs on data they generate on first use (here smaller, and
+under tmp_path, to keep the suite fast), ModelNet40 on a two-class sample in its layout written
+here; the models, losses and callbacks are the configs' own."""
 
 from __future__ import annotations
 
@@ -32,6 +33,16 @@ def data_overrides(config: Path, tmp_path: Path) -> list[str]:
                 "--data.dataset.init_args.steps=300", "--data.dataset.init_args.sample_every=10",
                 "--data.dataset.init_args.equilibration_steps=50",
                 "--data.dataset.init_args.progress=false", "--data.split=[16, 7, 7]"]
+    kind = data["train"]["class_path"].rsplit(".", 1)[-1]
+    if kind == "ModelNet":  # a two-class ModelNet written here, in the official layout
+        root = modelnet_sample(tmp_path / "modelnet")
+        return [f"--data.{split}.init_args.{key}={value}" for split in ("train", "val", "test")
+                for key, value in {"root": root, "num_points": 32, "progress": "false"}.items()]
+    if kind == "SyntheticShapes":
+        sizes = {"train": 4, "val": 2, "test": 2}
+        return [f"--data.{split}.init_args.{key}={value}" for split in sizes
+                for key, value in {"root": tmp_path / "shapes",
+                                   "samples_per_class": sizes[split]}.items()]
     out = []
     for split in ("train", "val", "test"):
         assert data[split]["class_path"] == "relaxgnn.data.NBody"
@@ -40,6 +51,31 @@ def data_overrides(config: Path, tmp_path: Path) -> list[str]:
             "num_test": 20, "n_steps": 400, "sample_freq": 50, "frame_in": 2, "frame_out": 5,
             "progress": "false"}.items()]
     return out
+
+
+def modelnet_sample(root: Path) -> Path:
+    """Two classes (a cube and a tetrahedron, randomly stretched) of three training and two
+    test meshes each, as ``<root>/<class>/<split>/<class>_NNNN.off``."""
+    cube = [(x, y, z) for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]
+    shapes = {"cube": (cube, [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6),
+                              (0, 2, 6, 4), (1, 5, 7, 3)]),
+              "tetrahedron": ([(1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1)],
+                              [(0, 1, 2), (0, 3, 1), (0, 2, 3), (1, 3, 2)])}
+    if root.is_dir():
+        return root
+    for name, (vertices, faces) in shapes.items():
+        number = 0
+        for split, count in (("train", 3), ("test", 2)):
+            (root / name / split).mkdir(parents=True)
+            for _ in range(count):
+                number += 1
+                stretch = (1.0 + 0.3 * number, 1.0, 1.0 / (1.0 + 0.2 * number))
+                lines = ["OFF", f"{len(vertices)} {len(faces)} 0"]
+                lines += [" ".join(str(c * s) for c, s in zip(v, stretch, strict=True))
+                          for v in vertices]
+                lines += [f"{len(f)} " + " ".join(map(str, f)) for f in faces]
+                (root / name / split / f"{name}_{number:04d}.off").write_text("\n".join(lines))
+    return root
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
