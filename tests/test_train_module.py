@@ -1,6 +1,7 @@
 """The LightningModule and callbacks on small generated data: the three tasks, θ = 0 for
 evaluation, projection at the end of fit, clear errors, EMA and float64."""
 
+import csv
 import json
 import warnings
 
@@ -248,6 +249,17 @@ def test_classification_task(tmp_path):
     batch = next(iter(data.test_dataloader()))
     out = module.predict_batch(batch)
     assert out["logits"].shape == (16, 2) and torch.equal(out["label"], out["logits"].argmax(-1))
+
+    # the monitor measures in evaluation mode: a plain invariant network with dropout and batch
+    # norm reports errors at rounding level (in training mode, dropout masks differ per call)
+    plain = VNDGCNN(num_classes=2, k=6, channels=(4, 4), embed_channels=8, head=(16,),
+                    dropout=0.5)
+    monitored = make_trainer(tmp_path / "monitor", [EquivarianceMonitor(1)], max_epochs=1)
+    monitored.fit(RelaxGNNModule(plain, task="classification"), data)
+    rows = list(csv.DictReader((tmp_path / "monitor" / "run" / "version_0" / "metrics.csv")
+                               .open()))
+    logged = [float(r["equivariance/rotation"]) for r in rows if r.get("equivariance/rotation")]
+    assert len(logged) >= 3 and max(logged) < 1e-4, logged
 
     bad = GraphDataModule(train=[Data(pos=d.pos, y=torch.tensor([5])) for d in items[:16]],
                           val=items[48:64], batch_size=16)

@@ -76,8 +76,10 @@ def _first_batch(trainer: Trainer):
 class EquivarianceMonitor(Callback):
     """At the first training step, every ``every_n_steps`` steps and at the last step, log the
     model's equivariance error on the current batch at the current θ
-    (``equivariance/<check>``) and, when relaxed, θ and every block's path norm and Lie
-    derivative (``relax/<block>/…``); so even a short run has a curve, not a point."""
+    (``equivariance/<check>``; in evaluation mode, so that dropout and batch statistics play
+    no part and the model's running statistics are left alone) and, when relaxed, θ and every
+    block's path norm and Lie derivative (``relax/<block>/…``); so even a short run has a
+    curve, not a point."""
 
     def __init__(self, every_n_steps: int = 50, trials: int = 1) -> None:
         if every_n_steps < 1:
@@ -94,9 +96,15 @@ class EquivarianceMonitor(Callback):
         if controller is not None:
             metrics.update({f"relax/{k}": v for k, v in controller.metrics().items()
                             if k != "theta"})
-        with torch.no_grad():
-            errors = equivariance_error(pl_module.model, batch, trials=self.trials,
-                                        seed=trainer.global_step)
+        model = pl_module.model
+        was_training = model.training
+        model.eval()  # no dropout, and batch norm neither uses nor updates batch statistics
+        try:
+            with torch.no_grad():
+                errors = equivariance_error(model, batch, trials=self.trials,
+                                            seed=trainer.global_step)
+        finally:
+            model.train(was_training)
         metrics.update({f"equivariance/{k}": v for k, v in errors.items()})
         for name, value in metrics.items():
             pl_module.log(name, value, batch_size=1)
