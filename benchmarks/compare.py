@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import torch
 from grid import add_grid_arguments, run_grid, train_and_test, verdict
@@ -30,7 +31,9 @@ from machine import cpu_name
 class Experiment:
     """What a benchmark compares: the config file of each arm (``{"plain": ..., name: ...}``,
     plain first), CLI overrides per run, the test metrics to tabulate (key, label) and the
-    validation metric to plot."""
+    validation metric to plot. ``test_sets(config)`` gives ``{name: dataset}`` to test on
+    instead of the config's test split (the metrics are then ``"<name>:<metric>"``);
+    ``higher_is_better`` for metrics such as accuracies."""
 
     name: str
     arms: dict[str, str]
@@ -38,14 +41,20 @@ class Experiment:
     metrics: Sequence[tuple[str, str]]
     val_metric: str
     published: str
+    test_sets: Callable[[Path], Mapping[str, Any]] | None = None
+    higher_is_better: bool = False
 
 
 def run_arm(exp: Experiment, arm: str, seed: int, args: argparse.Namespace) -> dict:
     config = Path(args.configs) / exp.arms[arm]
     overrides = [f"--trainer.max_epochs={args.epochs}",
                  f"--trainer.check_val_every_n_epoch={args.val_every}", *exp.overrides(args, seed)]
+    test_sets = exp.test_sets(config) if exp.test_sets is not None else None
     result = train_and_test(config, f"{exp.name}_{arm}_seed{seed}", seed, args, overrides,
-                            exp.val_metric)
+                            exp.val_metric, test_sets)
+    if test_sets is not None:
+        result["test"] = {f"{name}:{key}": value for name, metrics in result["test"].items()
+                          for key, value in metrics.items()}
     return {"arm": arm, **result}
 
 
@@ -65,7 +74,8 @@ def plot(results: list[dict], exp: Experiment, path: Path) -> None:
         std = values.std(0) if len(runs) > 1 else torch.zeros(len(epochs))
         ax.plot(epochs, mean, color=color, label=f"{arm} ({len(runs)} seeds)")
         ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
-    ax.set_yscale("log")
+    if not exp.higher_is_better:
+        ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{exp.val_metric} (θ = 0)")
     ax.set_title(f"{exp.name}: {' vs '.join(exp.arms)}")
@@ -95,7 +105,8 @@ def table(results: list[dict], exp: Experiment, args: argparse.Namespace, settin
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):.5g} ± {std:.2g}")
             if arm != "plain":
-                said = verdict(arm, by_seed[arm][key], by_seed["plain"][key], label)
+                said = verdict(arm, by_seed[arm][key], by_seed["plain"][key], label,
+                               lower_is_better=not exp.higher_is_better)
                 verdicts += [f"  {said}"] if said else []
         minutes = statistics.mean(r["seconds"] for r in runs) / 60
         lines.append(f"{arm:<9}" + "".join(f"{c:>30}" for c in cells) + f"{minutes:>9.1f}")

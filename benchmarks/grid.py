@@ -19,8 +19,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 
@@ -33,10 +34,13 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def train_and_test(config: str | Path, experiment: str, seed: int, args: argparse.Namespace,
-                   overrides: Sequence[str] = (), val_metric: str = "val/mse") -> dict:
+                   overrides: Sequence[str] = (), val_metric: str = "val/mse",
+                   test_sets: Mapping[str, Any] | None = None) -> dict:
     """``relaxgnn fit`` then ``test`` (θ = 0: the projected model) of ``config`` with the
     given seed and CLI overrides; returns the test metrics, the validation curve
-    ``{epoch: value}``, the wall time and the worst equivariance error of the projection."""
+    ``{epoch: value}``, the wall time and the worst equivariance error of the projection.
+    With ``test_sets`` (``{name: dataset}``) the model is tested on each of them instead of
+    the config's test set, and ``test`` is ``{name: metrics}``."""
     from relaxgnn.train.cli import RelaxGNNCLI, trainer_defaults
     from relaxgnn.train.datamodule import GraphDataModule
     from relaxgnn.train.module import RelaxGNNModule
@@ -54,7 +58,13 @@ def train_and_test(config: str | Path, experiment: str, seed: int, args: argpars
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
     seconds = time.perf_counter() - start
-    test = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]
+    if test_sets is None:
+        test = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]
+    else:
+        test = {name: cli.trainer.test(cli.model, GraphDataModule(
+                    train=cli.datamodule.train_set, test=dataset,
+                    batch_size=cli.datamodule.eval_batch_size), verbose=False)[0]
+                for name, dataset in test_sets.items()}
     run_dir = Path(cli.trainer.log_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     val = {}
