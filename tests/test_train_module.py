@@ -1,4 +1,4 @@
-"""The LightningModule and callbacks on small generated data: the three tasks, θ = 0 for
+"""The LightningModule and callbacks on small generated data: the four tasks, θ = 0 for
 evaluation, projection at the end of fit, clear errors, EMA and float64."""
 
 import csv
@@ -120,7 +120,9 @@ def test_errors_before_training(tmp_path):
     with pytest.raises(ValueError, match="reads the data field `vel`"):
         make_trainer(tmp_path).fit(RelaxGNNModule(net, task="node", target="vel"), data)
     with pytest.raises(ValueError, match="task must be"):
-        RelaxGNNModule(net, task="classification")
+        RelaxGNNModule(net, task="segmentation")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        RelaxGNNModule(net, task="classification", label_smoothing=1.0)
     with pytest.raises(ValueError, match="either `dataset`"):
         GraphDataModule()
     with pytest.raises(ValueError, match="need 20 items but the data set has 12"):
