@@ -53,6 +53,17 @@ def test_library_imports_without_training_stack():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_layers_and_models_do_not_import_the_data_sets():
+    """The arrows point down: `nn` and `models` use `geometry` (neighbour lists, attributes),
+    never `data`."""
+    code = (
+        "import sys, relaxgnn.nn, relaxgnn.models, relaxgnn.geometry;"
+        "bad = sorted(m for m in sys.modules if m.startswith('relaxgnn.data'));"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_cli_version():
     out = subprocess.run(
         [sys.executable, "-m", "relaxgnn.cli", "--version"],
