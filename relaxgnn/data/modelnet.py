@@ -49,12 +49,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch_geometric.data import Data
 
 from ..atomic import atomic_write
-from .base import GraphDataset
-from .point_clouds import Normalize, rotation_transform
+from .clouds import PointCloudDataset
 
 SPLITS = ("train", "test")
 FORMATS = ("off", "h5")
@@ -425,7 +423,7 @@ def _sample_split(base: Path, files: list[str], classes: list[str], num_points: 
 # ----------------------------------------------------------------------------- the data set
 
 
-class ModelNet(GraphDataset):
+class ModelNet(PointCloudDataset):
     r"""ModelNet40 / ModelNet10 as point clouds ``Data(pos (num_points, 3), y (1,))``, from the
     ``.off`` meshes or PointNet's HDF5 files (module docstring). A
     :class:`~relaxgnn.data.base.GraphDataset`: PyG's ``Dataset`` protocol, so ``data[i]``,
@@ -478,11 +476,9 @@ class ModelNet(GraphDataset):
             raise ValueError(f"ModelNet split must be one of {SPLITS}, got {split!r}")
         if isinstance(num_points, bool) or int(num_points) != num_points or num_points < 1:
             raise ValueError(f"num_points must be a positive integer, got {num_points!r}")
-        self._rotation = rotation_transform(rotation, rotation_seed)
-        super().__init__(transform=transform)
-        self.pre_transform = pre_transform
+        super().__init__(normalize, rotation, rotation_seed, transform, pre_transform)
         self.root, self.split, self.num_points = str(root), split, int(num_points)
-        self.seed, self.normalize, self.rotation = int(seed), bool(normalize), rotation
+        self.seed = int(seed)
         self.format, self.source = _layout(Path(root), format)
         if self.format == "off":
             pos, label = self._load_off(force_reload, progress)
@@ -496,10 +492,7 @@ class ModelNet(GraphDataset):
             if len(label) and label.max() >= len(self.classes):
                 raise ValueError(f"ModelNet: label {label.max()} in {self.source} but only "
                                  f"{len(self.classes)} classes")
-        self._pos, self._y = torch.from_numpy(pos), torch.from_numpy(label)
-        self._items = None
-        if pre_transform is not None:
-            self._items = [pre_transform(self._base(i)) for i in range(len(self._y))]
+        self._set_clouds(pos, label)
 
     def _load_off(self, force_reload: bool, progress: bool) -> tuple[np.ndarray, np.ndarray]:
         self.classes = _class_folders(self.source)
@@ -531,21 +524,6 @@ class ModelNet(GraphDataset):
         arrays = {"pos": pos, "label": label, "meta": np.array(json.dumps(meta))}
         atomic_write(self.cache_path, lambda f: np.savez(f, **arrays))
         return pos, label
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def _base(self, idx: int) -> Data:
-        data = Data(pos=self._pos[idx].clone(), y=self._y[idx : idx + 1].clone())
-        return Normalize()(data) if self.normalize else data
-
-    def len(self) -> int:
-        return len(self._y)
-
-    def get(self, idx: int) -> Data:
-        data = self._base(idx) if self._items is None else self._items[idx].clone()
-        return data if self._rotation is None else self._rotation(data, index=idx)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({len(self)}, split={self.split!r}, "

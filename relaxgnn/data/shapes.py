@@ -66,8 +66,7 @@ import torch
 from torch_geometric.data import Data
 
 from ..atomic import atomic_write
-from .base import GraphDataset
-from .point_clouds import Normalize, rotation_transform
+from .clouds import PointCloudDataset
 
 SPLITS = ("train", "val", "test")
 CACHE_FORMAT = 1
@@ -370,7 +369,7 @@ def _read_cache(path: Path, meta: dict[str, Any]) -> dict[str, np.ndarray]:
     return arrays
 
 
-class SyntheticShapes(GraphDataset):
+class SyntheticShapes(PointCloudDataset):
     r"""The synthetic shape-classification set of the module docstring as
     ``Data(pos (num_points, 3) float32, y (1,) long)``; a
     :class:`~relaxgnn.data.base.GraphDataset` (PyG's ``Dataset`` protocol).
@@ -425,11 +424,9 @@ class SyntheticShapes(GraphDataset):
             num_points=num_points, samples_per_class=samples_per_class, seed=seed, noise=noise,
             scale_range=scale_range, deformation=deformation, classes=classes,
         ))  # fmt: skip
-        self._rotation = rotation_transform(rotation, rotation_seed)
-        super().__init__(transform=transform)
-        self.pre_transform = pre_transform
+        super().__init__(normalize, rotation, rotation_seed, transform, pre_transform)
         self.root = None if root is None else str(root)
-        self.split, self.normalize, self.rotation = split, bool(normalize), rotation
+        self.split = split
         self.classes = list(self.params["classes"])
         meta = {"format": CACHE_FORMAT, "split": split, "params": self.params}
         self.cache_path = None if root is None else _cache_path(Path(root), split, self.params)
@@ -445,28 +442,9 @@ class SyntheticShapes(GraphDataset):
             if self.cache_path is not None:
                 out = {**arrays, "meta": np.array(json.dumps(meta))}
                 atomic_write(self.cache_path, lambda f: np.savez(f, **out))
-        self._pos = torch.from_numpy(arrays["pos"])
-        self._y = torch.from_numpy(arrays["label"])
         self.scale, self.taper, self.twist = (torch.from_numpy(np.asarray(arrays[key]))
                                               for key in ("scale", "taper", "twist"))
-        self._items = None
-        if pre_transform is not None:
-            self._items = [pre_transform(self._base(i)) for i in range(len(self._y))]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def _base(self, idx: int) -> Data:
-        data = Data(pos=self._pos[idx].clone(), y=self._y[idx : idx + 1].clone())
-        return Normalize()(data) if self.normalize else data
-
-    def len(self) -> int:
-        return len(self._y)
-
-    def get(self, idx: int) -> Data:
-        data = self._base(idx) if self._items is None else self._items[idx].clone()
-        return data if self._rotation is None else self._rotation(data, index=idx)
+        self._set_clouds(arrays["pos"], arrays["label"])
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({len(self)}, split={self.split!r}, "
