@@ -40,3 +40,27 @@ def batch32() -> Batch:
     return Batch.from_data_list(
         [molecule_data("CH3CH2OH", torch.float32), point_cloud(6, torch.float32, seed=4)]
     )
+
+
+def check_relaxed_then_projected(relaxed: torch.nn.Module, data: Batch, broken: float = 1e-4
+                                 ) -> tuple[dict[str, float], torch.nn.Module]:
+    """Drive ``relaxed`` at θ = 1 with paths perturbed to N(0, 0.3²): rotations or reflections
+    must then break its equivariance by more than ``broken``; the projection must have no path,
+    be exact (float64) and compute what the relaxed model computes at θ = 0. Returns the relaxed
+    model's errors and the projection."""
+    from relaxgnn.relax import Constant, Relaxation, find_paths, project
+    from relaxgnn.symmetry import equivariance_error
+
+    controller = Relaxation(relaxed, Constant(1.0, 10))
+    with torch.no_grad():
+        for path in find_paths(relaxed).values():
+            for p in path.parameters():
+                p.normal_(0.0, 0.3)
+    errors = equivariance_error(relaxed, data, trials=2)
+    assert max(errors["rotation"], errors["reflection"]) > broken, errors
+    projected = project(relaxed)
+    assert not find_paths(projected)
+    assert max(equivariance_error(projected, data, trials=3).values()) < 1e-9
+    controller.step(10)
+    assert torch.equal(projected(data), relaxed(data))
+    return errors, projected

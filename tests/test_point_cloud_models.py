@@ -3,12 +3,12 @@ model builds, invariant in float64; relaxed not invariant; exact again after pro
 
 import pytest
 import torch
+from conftest import check_relaxed_then_projected
 from torch_geometric.data import Batch, Data
 
 from relaxgnn.dtype import default_dtype
 from relaxgnn.geometry import knn_edges
 from relaxgnn.models import EGNN, SEGNN, TPNet
-from relaxgnn.relax import Constant, Relaxation, find_paths, project
 from relaxgnn.symmetry import equivariance_error
 
 F64 = torch.float64
@@ -61,14 +61,4 @@ def test_relaxed_classifier_until_projected(kind):
     data = clouds()
     plain, relaxed = classifier(kind).eval(), classifier(kind, "linear").eval()
     assert torch.equal(relaxed(data), plain(data))
-    controller = Relaxation(relaxed, Constant(1.0, 10))
-    with torch.no_grad():
-        for path in find_paths(relaxed).values():
-            for p in path.parameters():
-                p.normal_(0.0, 0.3)
-    errors = equivariance_error(relaxed, data, trials=2)
-    assert max(errors["rotation"], errors["reflection"]) > 1e-6, errors
-    projected = project(relaxed)
-    assert max(equivariance_error(projected, data, trials=2).values()) < 1e-9
-    controller.step(10)
-    assert torch.equal(projected(data), relaxed(data))
+    check_relaxed_then_projected(relaxed, data, broken=1e-6)
