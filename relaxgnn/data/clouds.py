@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch_geometric.data import Data
 
+from ..atomic import atomic_write
 from .base import GraphDataset
 from .point_clouds import Normalize, rotation_transform
 
@@ -51,3 +56,25 @@ class PointCloudDataset(GraphDataset):
     def get(self, idx: int) -> Data:
         data = self._base(idx) if self._items is None else self._items[idx].clone()
         return data if self._rotation is None else self._rotation(data, index=idx)
+
+
+def write_recorded_npz(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """``arrays`` and the record ``meta`` (as JSON, key ``meta``) in one ``.npz``, atomically."""
+    out = {**arrays, "meta": np.array(json.dumps(meta))}
+    atomic_write(path, lambda f: np.savez(f, **out))
+
+
+def read_recorded_npz(path: Path, meta: dict[str, Any], keys: Sequence[str]
+                      ) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of a file :func:`write_recorded_npz` wrote, if its record equals
+    ``meta``; ``ValueError`` saying what differs or why it cannot be read otherwise."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            stored = json.loads(str(npz["meta"]))
+            if stored != meta:
+                changed = sorted(k for k in set(stored) | set(meta)
+                                 if stored.get(k) != meta.get(k))
+                raise ValueError(f"it was made with other parameters ({changed})")
+            return {key: npz[key] for key in keys}
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise ValueError(f"it cannot be read ({err})") from err

@@ -39,11 +39,9 @@ rotates it (:class:`~relaxgnn.data.point_clouds.RandomRotation`).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import warnings
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,8 +49,7 @@ from typing import Any
 import numpy as np
 from torch_geometric.data import Data
 
-from ..atomic import atomic_write
-from .clouds import PointCloudDataset
+from .clouds import PointCloudDataset, read_recorded_npz, write_recorded_npz
 
 SPLITS = ("train", "test")
 FORMATS = ("off", "h5")
@@ -382,16 +379,8 @@ def _h5_classes(folder: Path) -> list[str]:
 def _read_cache(path: Path, meta: dict[str, Any], num_classes: int) -> tuple[np.ndarray, ...]:
     """The cached ``(pos, label)`` if the file's record equals ``meta`` and its arrays are
     sound; ``ValueError`` saying what is wrong otherwise."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            stored = json.loads(str(npz["meta"]))
-            if stored != meta:
-                changed = sorted(k for k in set(stored) | set(meta)
-                                 if stored.get(k) != meta.get(k))
-                raise ValueError(f"it was sampled with other parameters or files ({changed})")
-            pos, label = npz["pos"], npz["label"]
-    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
-        raise ValueError(f"it cannot be read ({err})") from err
+    arrays = read_recorded_npz(path, meta, ("pos", "label"))
+    pos, label = arrays["pos"], arrays["label"]
     num = len(meta["files"])
     if pos.shape != (num, meta["num_points"], 3) or pos.dtype != np.float32:
         raise ValueError(f"pos has shape {pos.shape} {pos.dtype}, expected "
@@ -521,8 +510,7 @@ class ModelNet(PointCloudDataset):
                               stacklevel=3)
         pos, label = _sample_split(self.source, self.files, self.classes, self.num_points,
                                    self.seed, progress)
-        arrays = {"pos": pos, "label": label, "meta": np.array(json.dumps(meta))}
-        atomic_write(self.cache_path, lambda f: np.savez(f, **arrays))
+        write_recorded_npz(self.cache_path, {"pos": pos, "label": label}, meta)
         return pos, label
 
     def __repr__(self) -> str:

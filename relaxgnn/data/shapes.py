@@ -56,7 +56,6 @@ import json
 import math
 import os
 import warnings
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,8 +64,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
-from ..atomic import atomic_write
-from .clouds import PointCloudDataset
+from .clouds import PointCloudDataset, read_recorded_npz, write_recorded_npz
 
 SPLITS = ("train", "val", "test")
 CACHE_FORMAT = 1
@@ -344,16 +342,7 @@ def _cache_path(root: Path, split: str, params: dict[str, Any]) -> Path:
 
 def _read_cache(path: Path, meta: dict[str, Any]) -> dict[str, np.ndarray]:
     keys = ("pos", "label", "scale", "taper", "twist")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            stored = json.loads(str(npz["meta"]))
-            if stored != meta:
-                changed = sorted(k for k in set(stored) | set(meta)
-                                 if stored.get(k) != meta.get(k))
-                raise ValueError(f"it was generated with other parameters ({changed})")
-            arrays = {key: npz[key] for key in keys}
-    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
-        raise ValueError(f"it cannot be read ({err})") from err
+    arrays = read_recorded_npz(path, meta, keys)
     p = meta["params"]
     num = len(p["classes"]) * p["samples_per_class"]
     shapes = {"pos": (num, p["num_points"], 3), "label": (num,), "scale": (num, 3),
@@ -440,8 +429,7 @@ class SyntheticShapes(PointCloudDataset):
         if arrays is None:
             arrays = generate_split(split, self.params)
             if self.cache_path is not None:
-                out = {**arrays, "meta": np.array(json.dumps(meta))}
-                atomic_write(self.cache_path, lambda f: np.savez(f, **out))
+                write_recorded_npz(self.cache_path, arrays, meta)
         self.scale, self.taper, self.twist = (torch.from_numpy(np.asarray(arrays[key]))
                                               for key in ("scale", "taper", "twist"))
         self._set_clouds(arrays["pos"], arrays["label"])
