@@ -3,13 +3,12 @@ projection restores it (float64, random rotations, reflections, translations, pe
 
 import pytest
 import torch
-from conftest import molecule_data, point_cloud
+from conftest import check_relaxed_then_projected, molecule_data, point_cloud
 from torch_geometric.data import Batch
 
 from relaxgnn.data import fully_connected_edges, segnn_attributes
 from relaxgnn.dtype import default_dtype
 from relaxgnn.nn import EGNNConv, SEGNNConv, TensorProductConv
-from relaxgnn.relax import Constant, Relaxation, find_paths, project
 from relaxgnn.symmetry import Signature, equivariance_error
 
 
@@ -64,19 +63,8 @@ def test_relaxed_layer(kind, relax):
     assert torch.equal(relaxed(data), plain(data))  # θ = 0: the plain layer
     assert max(equivariance_error(relaxed, data, trials=2).values()) < 1e-9
 
-    controller = Relaxation(relaxed, Constant(1.0, 10))
-    with torch.no_grad():
-        for path in find_paths(relaxed).values():
-            for p in path.parameters():
-                p.normal_(0.0, 0.1)
-    errors = equivariance_error(relaxed, data, trials=2)
-    assert max(errors["rotation"], errors["reflection"]) > 1e-4, errors
+    errors, _ = check_relaxed_then_projected(relaxed, data)
     if kind == "SEGNNConv":  # the paper's placement: the update layers, which see no positions
         assert errors["translation"] < 1e-9
     else:  # the paths see absolute positions
         assert errors["translation"] > 1e-4
-    projected = project(relaxed)
-    assert not find_paths(projected)
-    assert max(equivariance_error(projected, data, trials=3).values()) < 1e-9
-    controller.step(10)
-    assert torch.equal(projected(data), relaxed(data))
