@@ -91,7 +91,7 @@ def table(results: list[dict], exp: Experiment, args: argparse.Namespace, settin
              f"({args.accelerator}, {args.threads} threads per run, {args.jobs} run(s) at a time, "
              f"{cpu_name()}, "
              f"torch {torch.__version__}, {date.today()})"]
-    header = f"{'arm':<9}" + "".join(f"{label:>30}" for _, label in exp.metrics) + \
+    header = f"{'arm':<12}" + "".join(f"{label:>30}" for _, label in exp.metrics) + \
         f"{'min/run':>9}"
     lines += [header]
     verdicts = []
@@ -109,7 +109,7 @@ def table(results: list[dict], exp: Experiment, args: argparse.Namespace, settin
                                lower_is_better=not exp.higher_is_better)
                 verdicts += [f"  {said}"] if said else []
         minutes = statistics.mean(r["seconds"] for r in runs) / 60
-        lines.append(f"{arm:<9}" + "".join(f"{c:>30}" for c in cells) + f"{minutes:>9.1f}")
+        lines.append(f"{arm:<12}" + "".join(f"{c:>30}" for c in cells) + f"{minutes:>9.1f}")
         for key, label in exp.metrics:
             seeds = by_seed[arm][key]
             lines.append(f"    {label} per seed: "

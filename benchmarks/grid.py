@@ -76,6 +76,27 @@ def train_and_test(config: str | Path, experiment: str, seed: int, args: argpars
             "summary": {k: v for k, v in summary.items() if k.startswith("last_")}}
 
 
+def derived_config(base: Path, out: Path, name: str, relax: Any = None, **callback: Any
+                   ) -> Path:
+    """A copy of the config ``base`` with one thing changed — the model's ``relax`` (when
+    given) or init arguments of its ``Relax`` callback — written to ``out/configs/<name>.yaml``
+    (atomically: grids beside each other write the same files)."""
+    import yaml
+
+    from relaxgnn.atomic import atomic_write_text
+
+    config = yaml.safe_load(base.read_text())
+    if relax is not None:
+        config["model"]["model"]["init_args"]["relax"] = relax
+    for cb in config["trainer"].get("callbacks") or []:
+        if cb["class_path"] == "relaxgnn.train.Relax":
+            cb.setdefault("init_args", {}).update(callback)
+    path = out / "configs" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def _result_path(args: argparse.Namespace, key: str) -> Path:
     return Path(args.out) / "results" / f"{key}.json"
 

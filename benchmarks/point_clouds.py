@@ -7,6 +7,8 @@ runs side by side).
     .venv/bin/python benchmarks/point_clouds.py --seeds 3 --epochs 30 --val-every 2 \\
         --jobs 2 --threads 1
 
+``--arms plain CR-init1e-4 CR-half`` runs the ablations of CR (``VARIANTS``).
+
 A projected VN-DGCNN is exactly rotation-invariant, so its z/z and z/SO3 accuracies are the
 same numbers (the two test sets hold the same shapes, rotated differently); the comparison that
 can differ is between the arms. ModelNet40 with the paper's protocol is
@@ -20,11 +22,27 @@ from pathlib import Path
 
 import yaml
 from compare import Experiment, add_common_arguments, compare
+from grid import derived_config
 
 from relaxgnn.data import SyntheticShapes
 
 ARMS = {"plain": "shapes_vndgcnn.yaml", "CR": "shapes_vndgcnn_relaxed.yaml",
         "ACE": "shapes_vndgcnn_dual.yaml"}
+#: ablations of CR (written under <out>/configs): the paths start at N(0, 1e-4²) — the paper's
+#: SEGNN choice, relaxgnn's default — instead of nn.Linear's scale; θ's Triangle over the first
+#: half of the run only, the second half plain training
+VARIANTS = {"CR-init1e-4": {"relax": {"kind": "linear", "init_std": 1e-4}},
+            "CR-half": {"active_fraction": 0.5}}
+
+
+def arm_configs(configs: Path, out: Path, arms: list[str]) -> dict[str, str]:
+    """The config of each arm: a shipped file's name (under ``configs``), or the absolute path
+    of a variant written under ``out/configs``."""
+    paths = {arm: ARMS[arm] for arm in ARMS if arm in arms}
+    for name, change in VARIANTS.items():
+        if name in arms:
+            paths[name] = str(derived_config(configs / ARMS["CR"], out, name, **change).resolve())
+    return paths
 
 
 def rotated_test_sets(config: Path, root: str) -> dict[str, SyntheticShapes]:
@@ -37,7 +55,7 @@ def rotated_test_sets(config: Path, root: str) -> dict[str, SyntheticShapes]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=list(ARMS))
+    parser.add_argument("--arms", nargs="+", choices=[*ARMS, *VARIANTS], default=list(ARMS))
     parser.add_argument("--data", default="datasets/shapes")
     parser.add_argument("--out", default="runs/point_clouds")
     add_common_arguments(parser, epochs=30)
@@ -50,7 +68,7 @@ def main() -> None:
 
     exp = Experiment(
         name="shapes_vndgcnn", overrides=overrides,
-        arms={arm: ARMS[arm] for arm in ARMS if arm in args.arms},
+        arms=arm_configs(Path(args.configs), Path(args.out), args.arms),
         metrics=[("z:test/accuracy", "z/z accuracy"), ("so3:test/accuracy", "z/SO3 accuracy")],
         val_metric="val/accuracy", higher_is_better=True,
         test_sets=lambda config: rotated_test_sets(config, args.data),

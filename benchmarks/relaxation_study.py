@@ -43,11 +43,16 @@ from datetime import date
 from pathlib import Path
 
 import torch
-import yaml
-from grid import add_grid_arguments, paired_difference, run_grid, train_and_test, verdict
+from grid import (
+    add_grid_arguments,
+    derived_config,
+    paired_difference,
+    run_grid,
+    train_and_test,
+    verdict,
+)
 from machine import cpu_name
 
-from relaxgnn.atomic import atomic_write_text
 from relaxgnn.data import NBody
 
 ARMS = {"plain": "nbody_segnn.yaml", "CR": "nbody_segnn_relaxed.yaml",
@@ -69,16 +74,7 @@ def variant_configs(configs: Path, out: Path) -> dict[str, Path]:
     arms = {name: configs / file for name, file in ARMS.items()}
 
     def derive(name: str, base: str, relax: dict | None = None, **callback) -> Path:
-        config = yaml.safe_load(arms[base].read_text())
-        if relax is not None:
-            config["model"]["model"]["init_args"]["relax"] = relax
-        for cb in config["trainer"]["callbacks"]:
-            if cb["class_path"] == "relaxgnn.train.Relax":
-                cb.setdefault("init_args", {}).update(callback)
-        path = out / "configs" / f"{name}.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))  # runs side by side
-        return path
+        return derived_config(arms[base], out, name, relax, **callback)
 
     variants = dict(zip(VARIANTS, [
         derive("cr_init1e-2", "CR", _placement({"kind": "linear", "init_std": 1e-2})),
