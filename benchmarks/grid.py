@@ -76,11 +76,12 @@ def train_and_test(config: str | Path, experiment: str, seed: int, args: argpars
             "summary": {k: v for k, v in summary.items() if k.startswith("last_")}}
 
 
-def derived_config(base: Path, out: Path, name: str, relax: Any = None, **callback: Any
-                   ) -> Path:
+def derived_config(base: Path, out: Path, name: str, relax: Any = None,
+                   train_data: dict[str, Any] | None = None, **callback: Any) -> Path:
     """A copy of the config ``base`` with one thing changed — the model's ``relax`` (when
-    given) or init arguments of its ``Relax`` callback — written to ``out/configs/<name>.yaml``
-    (atomically: grids beside each other write the same files)."""
+    given), init arguments of the training set (``train_data``) or of its ``Relax`` callback —
+    written to ``out/configs/<name>.yaml`` (atomically: grids beside each other write the same
+    files)."""
     import yaml
 
     from relaxgnn.atomic import atomic_write_text
@@ -88,6 +89,8 @@ def derived_config(base: Path, out: Path, name: str, relax: Any = None, **callba
     config = yaml.safe_load(base.read_text())
     if relax is not None:
         config["model"]["model"]["init_args"]["relax"] = relax
+    if train_data is not None:
+        config["data"]["train"]["init_args"].update(train_data)
     for cb in config["trainer"].get("callbacks") or []:
         if cb["class_path"] == "relaxgnn.train.Relax":
             cb.setdefault("init_args", {}).update(callback)

@@ -7,7 +7,7 @@ runs side by side).
     .venv/bin/python benchmarks/point_clouds.py --seeds 3 --epochs 30 --val-every 2 \\
         --jobs 2 --threads 1
 
-``--arms plain CR-init1e-4 CR-half`` runs the ablations of CR (``VARIANTS``).
+``--arms plain CR-init1e-4 CR-half plain-so3 CR-so3`` runs the ablations (``VARIANTS``).
 
 A projected VN-DGCNN is exactly rotation-invariant, so its z/z and z/SO3 accuracies are the
 same numbers (the two test sets hold the same shapes, rotated differently); the comparison that
@@ -28,20 +28,23 @@ from relaxgnn.data import SyntheticShapes
 
 ARMS = {"plain": "shapes_vndgcnn.yaml", "CR": "shapes_vndgcnn_relaxed.yaml",
         "ACE": "shapes_vndgcnn_dual.yaml"}
-#: ablations of CR (written under <out>/configs): the paths start at N(0, 1e-4²) — the paper's
-#: SEGNN choice, relaxgnn's default — instead of nn.Linear's scale; θ's Triangle over the first
-#: half of the run only, the second half plain training
-VARIANTS = {"CR-init1e-4": {"relax": {"kind": "linear", "init_std": 1e-4}},
-            "CR-half": {"active_fraction": 0.5}}
+#: ablations (written under <out>/configs): CR's paths starting at N(0, 1e-4²) — the paper's
+#: SEGNN choice, relaxgnn's default — instead of nn.Linear's scale; CR's Triangle over the
+#: first half of the run only, the second half plain training; plain and CR trained with SO(3)
+#: rotations instead of z ones (the paper's SO3/SO3), where orientation carries no information
+VARIANTS = {"CR-init1e-4": ("CR", {"relax": {"kind": "linear", "init_std": 1e-4}}),
+            "CR-half": ("CR", {"active_fraction": 0.5}),
+            "plain-so3": ("plain", {"train_data": {"rotation": "so3"}}),
+            "CR-so3": ("CR", {"train_data": {"rotation": "so3"}})}
 
 
 def arm_configs(configs: Path, out: Path, arms: list[str]) -> dict[str, str]:
     """The config of each arm: a shipped file's name (under ``configs``), or the absolute path
     of a variant written under ``out/configs``."""
     paths = {arm: ARMS[arm] for arm in ARMS if arm in arms}
-    for name, change in VARIANTS.items():
+    for name, (base, change) in VARIANTS.items():
         if name in arms:
-            paths[name] = str(derived_config(configs / ARMS["CR"], out, name, **change).resolve())
+            paths[name] = str(derived_config(configs / ARMS[base], out, name, **change).resolve())
     return paths
 
 
