@@ -16,7 +16,8 @@ from torch_geometric.data import Batch, Data
 from relaxgnn.data.attributes import SEGNNAttributes, segnn_attributes
 from relaxgnn.data.graphs import FullyConnected, fully_connected_edges
 from relaxgnn.dtype import default_dtype
-from relaxgnn.models.segnn import SEGNN, centre_per_graph
+from relaxgnn.geometry import centre_per_graph
+from relaxgnn.models.segnn import SEGNN
 from relaxgnn.nn.o3_blocks import (
     O3TensorProduct,
     O3TensorProductGate,

@@ -32,6 +32,7 @@ from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 from torch_geometric.utils import scatter
 
+from ..geometry import centre_per_graph, edge_vectors
 from ..symmetry.group import random_rotation
 
 ROTATIONS = ("none", "z", "so3")
@@ -218,10 +219,9 @@ class PointFeatures(BaseTransform):
             )
         pos, batch = data.pos, getattr(data, "batch", None)
         graph, _ = _batch_of(pos, batch)
-        rel = pos - centroids(pos, graph)[graph]
-        j, i = edge_index
-        length = (pos[j] - pos[i]).norm(dim=1)
-        mean_length = scatter(length, i, dim=0, dim_size=pos.shape[0], reduce="mean")
+        rel = centre_per_graph(pos, graph)
+        length = edge_vectors(pos, edge_index).norm(dim=1)
+        mean_length = scatter(length, edge_index[1], dim=0, dim_size=pos.shape[0], reduce="mean")
         data.x = torch.stack([rel.norm(dim=1), mean_length], dim=1)
         data.rel = rel
         return data

@@ -10,9 +10,9 @@ import torch
 from e3nn import o3
 from torch import Tensor, nn
 from torch_geometric.data import Data
-from torch_geometric.utils import scatter
 
 from ..geometry.attributes import segnn_attributes
+from ..geometry.clouds import centre_per_graph
 from ..nn.checks import check_features, trusted_inputs
 from ..nn.o3_blocks import O3TensorProduct, O3TensorProductGate, balanced_irreps
 from ..nn.segnn_conv import SEGNNConv
@@ -21,17 +21,9 @@ from ..symmetry.irreps import IrrepsLike, as_irreps
 from ..symmetry.signature import Signature
 from .inputs import GraphInputs
 from .io import records_init_args
-from .pooling import Pool, pool
+from .pooling import Pool, check_pooling, pool
 
 Output = Literal["position", "node", "graph"]
-
-
-def centre_per_graph(pos: Tensor, batch: Tensor | None) -> Tensor:
-    """``pos`` minus the mean position of its own graph (translation invariant, rotation
-    equivariant). Not the per-node mean over x, y, z, which is neither."""
-    if batch is None:
-        return pos - pos.mean(0, keepdim=True)
-    return pos - scatter(pos, batch, dim=0, reduce="mean")[batch]
 
 
 @records_init_args
@@ -110,8 +102,7 @@ class SEGNN(nn.Module):
             raise ValueError(f"output must be 'position', 'node' or 'graph', got {output!r}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if pooling not in ("sum", "mean", "max"):
-            raise ValueError(f"pooling must be 'sum', 'mean' or 'max', got {pooling!r}")
+        check_pooling(pooling)
         self.inputs = GraphInputs(fields, atomic_numbers, cutoff, knn)
         self.lmax_attr = lmax if lmax_attr is None else lmax_attr
         if self.lmax_attr < 0:

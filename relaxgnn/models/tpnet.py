@@ -17,7 +17,7 @@ from ..symmetry.irreps import IrrepsLike, as_irreps
 from ..symmetry.signature import Signature
 from .inputs import GraphInputs
 from .io import records_init_args
-from .pooling import Pool, pool
+from .pooling import Pool, check_pooling, pool
 
 Output = Literal["node", "graph"]
 
@@ -111,8 +111,7 @@ class TPNet(nn.Module):
         super().__init__()
         if output not in ("node", "graph"):
             raise ValueError(f"output must be 'node' or 'graph', got {output!r}")
-        if pooling not in ("sum", "mean", "max"):
-            raise ValueError(f"pooling must be 'sum', 'mean' or 'max', got {pooling!r}")
+        check_pooling(pooling)
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         self.inputs = GraphInputs(fields, atomic_numbers, cutoff, knn)

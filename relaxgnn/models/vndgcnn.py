@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
+from ..geometry.clouds import centre_per_graph
 from ..geometry.neighbours import knn_edges
 from ..nn.checks import check_batch, check_positions, trusted_inputs
 from ..nn.vector_neurons import VNLinearLeakyReLU, VNStdFeature
@@ -132,15 +133,16 @@ class VNDGCNN(nn.Module):
                             "the data or the model")
         batch = check_batch(getattr(data, "batch", None), pos.shape[0])
         num_graphs = getattr(data, "num_graphs", None) if batch is not None else 1
-        x = pos - pool(pos, batch, "mean", num_graphs)[batch if batch is not None else 0]
+        if batch is None:  # one cloud
+            batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+        x = centre_per_graph(pos, batch)
         features = []
         with trusted_inputs():
             for conv in self.convs:
                 x = conv(x, knn_with_self(x, self.k, batch))
                 features.append(x)
         u = self.embed(torch.cat(features, -1))
-        u_mean = pool(u, batch, "mean", num_graphs)
-        u = torch.cat([u, u_mean[batch] if batch is not None else u_mean.expand_as(u)], -1)
+        u = torch.cat([u, pool(u, batch, "mean", num_graphs)[batch]], -1)
         s = self.std_feature(u)
         s = torch.cat([pool(s, batch, "max", num_graphs), pool(s, batch, "mean", num_graphs)], -1)
         return self.head(s)
