@@ -4,7 +4,7 @@ training with z rotations; mean ± std over seeds, the paired difference to plai
 validation accuracy against epoch (machinery in ``compare.py``; resumable, ``--jobs 2`` runs two
 runs side by side).
 
-    .venv/bin/python benchmarks/point_clouds.py --seeds 3 --epochs 30 --val-every 2 \\
+    .venv/bin/python benchmarks/point_clouds.py --seeds 3 --epochs 20 --val-every 2 \\
         --jobs 2 --threads 1
 
 ``--arms plain CR-init1e-4 CR-half plain-so3 CR-so3`` runs the ablations (``VARIANTS``).
