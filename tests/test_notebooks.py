@@ -1,0 +1,119 @@
+"""The notebooks in notebooks/: each runs top to bottom here and draws at least one picture; the
+committed copies carry their outputs (so the pictures show without running them), scale from a
+variable in their first code cell, use only relaxgnn's public names, and are linked from the
+README.
+
+Executing them takes minutes (the ``notebooks`` marker: ``-m 'not notebooks'`` skips it while
+developing; CI runs everything). They run in place, with notebooks/ as the working directory, so
+their generated data (``datasets/``) and runs (``runs/notebooks/``) land where a user's would.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+NAMES = ["01_layer_library", "02_relaxation_effects", "03_force_field", "04_point_clouds"]
+
+
+def _read(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+
+
+def _code(nb: nbformat.NotebookNode) -> list[str]:
+    return [cell.source for cell in nb.cells if cell.cell_type == "code"]
+
+
+def _outputs(nb: nbformat.NotebookNode) -> list[dict]:
+    return [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
+
+
+def _images(nb: nbformat.NotebookNode) -> int:
+    return sum("image/png" in out.get("data", {}) for out in _outputs(nb))
+
+
+def test_the_notebooks_are_there():
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_notebook_carries_its_outputs(name):
+    nb = _read(name)
+    counts = [cell.execution_count for cell in nb.cells if cell.cell_type == "code"]
+    assert None not in counts, f"{name}: some code cells were never run"
+    assert counts == sorted(counts), f"{name}: cells were run out of order"
+    assert not [o for o in _outputs(nb) if o.output_type == "error"], f"{name} has an error"
+    assert _images(nb) >= 1, f"{name} has no picture"
+    markdown = [cell for cell in nb.cells if cell.cell_type == "markdown"]
+    assert len(markdown) >= 4, f"{name} explains too little as it goes"
+    stderr = "".join(o.text for o in _outputs(nb) if o.get("name") == "stderr")
+    assert "Warning" not in stderr, f"{name} shows warnings:\n{stderr[:2000]}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_scales_from_a_variable_at_the_top(name):
+    first = ast.parse(_code(_read(name))[0])
+    assigned = [t.id for node in first.body if isinstance(node, ast.Assign)
+                for t in node.targets if isinstance(t, ast.Name)]
+    assert assigned and assigned[0].isupper(), (
+        f"{name}: the first code cell should start with the settings (UPPER_CASE names)")
+
+
+#: relaxgnn's public modules: its subpackages and the two top-level modules meant for users
+#: (the files inside a subpackage, e.g. ``relaxgnn.relax.attach``, are not the API)
+PUBLIC_MODULES = {"relaxgnn.symmetry", "relaxgnn.geometry", "relaxgnn.relax", "relaxgnn.nn",
+                  "relaxgnn.models", "relaxgnn.data", "relaxgnn.train", "relaxgnn.dtype",
+                  "relaxgnn.calculator"}
+
+
+def _public(module: str) -> set[str]:
+    mod = importlib.import_module(module)
+    return set(getattr(mod, "__all__", [n for n in vars(mod) if not n.startswith("_")]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_uses_public_names_only(name):
+    """Every relaxgnn name a notebook imports comes from a public module (and its ``__all__``
+    where it has one), and no code touches an ``_attribute``."""
+    for source in _code(_read(name)):
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("relaxgnn"):
+                assert node.module in PUBLIC_MODULES, (
+                    f"{name} imports from {node.module}, not one of {sorted(PUBLIC_MODULES)}")
+                private = [a.name for a in node.names if a.name not in _public(node.module)]
+                assert not private, f"{name} imports non-public {private} from {node.module}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert not alias.name.startswith("relaxgnn.") or \
+                        alias.name in PUBLIC_MODULES, f"{name} imports {alias.name}"
+            elif isinstance(node, ast.Attribute):
+                attr = node.attr
+                assert not (attr.startswith("_") and not attr.startswith("__")), (
+                    f"{name} uses the private attribute .{attr}")
+
+
+def test_readme_links_every_notebook():
+    readme = (ROOT / "README.md").read_text()
+    for name in NAMES:
+        assert f"(notebooks/{name}.ipynb)" in readme, f"README does not link {name}"
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_runs_top_to_bottom_and_draws(name):
+    from nbclient import NotebookClient
+
+    nb = _read(name)
+    for cell in nb.cells:  # run from a clean copy: nothing of the committed outputs counts
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    client = NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client.execute()  # raises CellExecutionError, naming the cell, on any error
+    assert _images(nb) >= 1, f"{name} drew no picture"
