@@ -3,15 +3,19 @@ committed copies carry their outputs (so the pictures show without running them)
 variable in their first code cell, use only relaxgnn's public names, and are linked from the
 README.
 
-Executing them takes minutes (the ``notebooks`` marker: ``-m 'not notebooks'`` skips it while
-developing; CI runs everything). They run in place, with notebooks/ as the working directory, so
-their generated data (``datasets/``) and runs (``runs/notebooks/``) land where a user's would.
+Executing them takes minutes (two at a time; the ``notebooks`` marker: ``-m 'not notebooks'``
+skips it while developing; CI runs everything). They run in place, with notebooks/ as the
+working directory, so their generated data (``datasets/``) and runs (``runs/notebooks/``) land
+where a user's would.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib
+import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -104,16 +108,35 @@ def test_readme_links_every_notebook():
         assert f"(notebooks/{name}.ipynb)" in readme, f"README does not link {name}"
 
 
-@pytest.mark.notebooks
-@pytest.mark.parametrize("name", NAMES)
-def test_notebook_runs_top_to_bottom_and_draws(name):
+def _execute(name: str) -> nbformat.NotebookNode:
+    """Run a clean copy of the notebook (nothing of the committed outputs counts) in a kernel of
+    one thread, with notebooks/ as its working directory; raises CellExecutionError, naming the
+    cell, on any error."""
     from nbclient import NotebookClient
 
     nb = _read(name)
-    for cell in nb.cells:  # run from a clean copy: nothing of the committed outputs counts
+    for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     client = NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
-    client.execute()  # raises CellExecutionError, naming the cell, on any error
+    client.execute(env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return nb
+
+
+@pytest.fixture(scope="module")
+def executed() -> Iterator[dict[str, Future]]:
+    """The notebooks run two at a time, one thread each (on a 2-core machine, two one-thread
+    runs beside each other finish sooner than one after the other on two threads), longest
+    first."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        by_length = ["02_relaxation_effects", "04_point_clouds", "03_force_field",
+                     "01_layer_library"]
+        yield {name: pool.submit(_execute, name) for name in by_length}
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_runs_top_to_bottom_and_draws(name, executed):
+    nb = executed[name].result()
     assert _images(nb) >= 1, f"{name} drew no picture"
