@@ -125,14 +125,17 @@ def _execute(name: str) -> nbformat.NotebookNode:
 
 
 @pytest.fixture(scope="module")
-def executed() -> Iterator[dict[str, Future]]:
-    """The notebooks run two at a time, one thread each (on a 2-core machine, two one-thread
-    runs beside each other finish sooner than one after the other on two threads), longest
-    first."""
+def executed(request: pytest.FixtureRequest) -> Iterator[dict[str, Future]]:
+    """The selected notebooks run two at a time, one thread each (on a 2-core machine, two
+    one-thread runs beside each other finish sooner than one after the other on two threads),
+    longest first."""
+    selected = {item.callspec.params["name"] for item in request.session.items
+                if item.originalname == "test_notebook_runs_top_to_bottom_and_draws"}
+    by_length = ["02_relaxation_effects", "04_point_clouds", "03_force_field",
+                 "01_layer_library"]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        by_length = ["02_relaxation_effects", "04_point_clouds", "03_force_field",
-                     "01_layer_library"]
-        yield {name: pool.submit(_execute, name) for name in by_length}
+        order = [n for n in by_length if n in selected] + sorted(selected - set(by_length))
+        yield {name: pool.submit(_execute, name) for name in order}
 
 
 @pytest.mark.notebooks
