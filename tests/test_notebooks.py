@@ -24,6 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ["01_layer_library", "02_relaxation_effects", "03_force_field", "04_point_clouds"]
+LONGEST_FIRST = ["02_relaxation_effects", "04_point_clouds", "03_force_field", "01_layer_library"]
 
 
 def _read(name: str) -> nbformat.NotebookNode:
@@ -43,7 +44,7 @@ def _images(nb: nbformat.NotebookNode) -> int:
 
 
 def test_the_notebooks_are_there():
-    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == NAMES
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == NAMES == sorted(LONGEST_FIRST)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -131,11 +132,8 @@ def executed(request: pytest.FixtureRequest) -> Iterator[dict[str, Future]]:
     longest first."""
     selected = {item.callspec.params["name"] for item in request.session.items
                 if item.originalname == "test_notebook_runs_top_to_bottom_and_draws"}
-    by_length = ["02_relaxation_effects", "04_point_clouds", "03_force_field",
-                 "01_layer_library"]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        order = [n for n in by_length if n in selected] + sorted(selected - set(by_length))
-        yield {name: pool.submit(_execute, name) for name in order}
+        yield {name: pool.submit(_execute, name) for name in LONGEST_FIRST if name in selected}
 
 
 @pytest.mark.notebooks
