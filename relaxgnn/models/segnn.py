@@ -118,6 +118,7 @@ class SEGNN(nn.Module):
             raise ValueError(f"output='position' predicts a 1x1o displacement, got irreps_out "
                              f"{self.irreps_out}")
         self.irreps_attr = o3.Irreps.spherical_harmonics(self.lmax_attr)
+        self._attr_dim = self.irreps_attr.dim  # an int for forward (see SEGNNConv)
         self.irreps_hidden = as_irreps(irreps_hidden) if irreps_hidden is not None \
             else balanced_irreps(hidden_features, lmax, self.irreps_attr)
         self.irreps_in = self.inputs.irreps + (o3.Irreps("1x1o") if centred_position_input
@@ -159,7 +160,7 @@ class SEGNN(nn.Module):
         own ``edge_index``), else computed from ``pos``."""
         names = ("edge_index", "node_attr", "edge_attr", "edge_dist")
         if all(getattr(data, name, None) is not None for name in names):
-            N, E, d = data.pos.shape[0], edge_index.shape[1], self.irreps_attr.dim
+            N, E, d = data.pos.shape[0], edge_index.shape[1], self._attr_dim
             return (check_features(data.node_attr, "node_attr", N, d),
                     check_features(data.edge_attr, "edge_attr", E, d, what="edges"),
                     check_features(data.edge_dist, "edge_dist", E, 1, what="edges"))

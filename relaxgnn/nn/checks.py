@@ -5,6 +5,11 @@ a GPU), so a model runs it once on its input :class:`~torch_geometric.data.Data`
 layers inside :func:`trusted_inputs`, where layers skip it: intermediate coordinates are then
 never reported as if they were the user's ``pos``, and a NaN produced inside the model surfaces
 as a non-finite loss (named with its training step) instead.
+
+Under ``torch.compile`` the checks that read values (finiteness, index ranges, sortedness) are
+skipped, as PyG skips its own: each would split the compiled graph at a device-to-host read.
+Shapes and dtypes are still checked (at trace time). Run a model eagerly to have its inputs'
+values checked.
 """
 
 from __future__ import annotations
@@ -19,9 +24,18 @@ from torch import Tensor
 _CHECK_VALUES: ContextVar[bool] = ContextVar("relaxgnn_check_values", default=True)
 
 
+def _check_values() -> bool:
+    """Whether value checks run: not while compiling (module docstring), not inside
+    :func:`trusted_inputs`."""
+    return not torch.compiler.is_compiling() and _CHECK_VALUES.get()
+
+
 @contextmanager
 def trusted_inputs() -> Iterator[None]:
     """Inside this context, layers skip the finiteness check of their inputs."""
+    if torch.compiler.is_compiling():  # no value checks to skip (and no ContextVar to trace)
+        yield
+        return
     token = _CHECK_VALUES.set(False)
     try:
         yield
@@ -38,7 +52,7 @@ def check_positions(pos: Tensor | None, name: str = "pos") -> Tensor:
         raise ValueError(f"`{name}` must have shape (num_nodes, 3), got {shape}")
     if not pos.is_floating_point():
         raise TypeError(f"`{name}` must be a floating tensor, got {pos.dtype}")
-    if _CHECK_VALUES.get() and not torch.isfinite(pos).all():
+    if _check_values() and not torch.isfinite(pos).all():
         bad = (~torch.isfinite(pos)).any(-1).nonzero().flatten()[:5].tolist()
         raise ValueError(f"`{name}` has non-finite values (NaN or inf) at nodes {bad}")
     return pos
@@ -64,7 +78,7 @@ def check_features(
     if dtype is not None and x.is_floating_point() and x.dtype != dtype:
         raise TypeError(f"`{name}` is {x.dtype} but the model computes in {dtype}: convert one "
                         f"of them (e.g. the data with `.to({dtype})`)")
-    if _CHECK_VALUES.get() and x.is_floating_point() and not torch.isfinite(x).all():
+    if _check_values() and x.is_floating_point() and not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).any(-1).nonzero().flatten()[:5].tolist()
         raise ValueError(f"`{name}` has non-finite values (NaN or inf) at {what} {bad}")
     return x
@@ -80,7 +94,7 @@ def check_edge_index(edge_index: Tensor | None, num_nodes: int) -> Tensor:
         )
     if edge_index.dtype not in (torch.long, torch.int32, torch.int64):
         raise TypeError(f"`edge_index` must be an integer tensor, got {edge_index.dtype}")
-    if edge_index.numel():
+    if edge_index.numel() and not torch.compiler.is_compiling():
         low, high = int(edge_index.min()), int(edge_index.max())
         if low < 0:
             raise ValueError(f"`edge_index` has negative node indices (the smallest is {low})")
@@ -103,6 +117,7 @@ def check_batch(batch: Tensor | None, num_nodes: int) -> Tensor | None:
         raise ValueError(
             f"`batch` must have shape ({num_nodes},) to match `pos`, got {tuple(batch.shape)}"
         )
-    if batch.numel() and (batch.min() < 0 or (batch[1:] < batch[:-1]).any()):
+    if batch.numel() and not torch.compiler.is_compiling() \
+            and (batch.min() < 0 or (batch[1:] < batch[:-1]).any()):
         raise ValueError("`batch` must be non-negative and sorted (nodes of a graph contiguous)")
     return batch

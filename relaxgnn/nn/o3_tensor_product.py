@@ -131,7 +131,8 @@ class O3TensorProduct(nn.Module):
             pairs = [(a, b) for a, b, o in paths if o == outputs[0]]
             fan_in = sum(in1[a].mul * in2[b].mul for a, b in pairs)
             alpha = math.sqrt(ir.dim)  # e3nn's 1/sqrt(fan_in) lives in the weights (docstring)
-            group = _Group(ir, outputs, sum(out[o].mul for o in outputs))
+            group = _Group(ir, outputs, sum(out[o].mul for o in outputs), ir.dim, ir == SCALAR,
+                           [out[o].mul for o in outputs])
             for a, b in pairs:
                 kind, c = _shortcut(in1[a].ir.l, in2[b].ir.l, ir.l)
                 w3j = None
@@ -167,6 +168,7 @@ class O3TensorProduct(nn.Module):
             self.register_buffer(f"_w3j_{l1}_{l2}_{l3}", o3.wigner_3j(l1, l2, l3),
                                  persistent=False)
 
+        self._in1_blocks, self._in2_blocks = _block_shapes(in1), _block_shapes(in2)
         self.num_scalars = sum(mul for mul, ir in out if ir == SCALAR)
         self._bias_fan_in64 = torch.tensor(
             [float(out_fan_in[o]) for o, (mul, ir) in enumerate(out) if ir == SCALAR
@@ -201,20 +203,19 @@ class O3TensorProduct(nn.Module):
     def _split_input(self, parts: Sequence[Tensor]) -> list[tuple[int, Tensor]]:
         """``(part, (N_part, d, m) view)`` for every irrep block of ``irreps_in1``; each part
         must hold whole blocks, in order."""
-        blocks, a = [], 0
+        blocks, a, shapes = [], 0, self._in1_blocks
         for t, part in enumerate(parts):
             sizes, width = [], 0
-            while width < part.shape[-1] and a < len(self.irreps_in1):
-                sizes.append(self.irreps_in1[a].dim)
+            while width < part.shape[-1] and a < len(shapes):
+                sizes.append(shapes[a][0] * shapes[a][1])
                 width += sizes[-1]
                 a += 1
             if width != part.shape[-1]:
                 raise ValueError(f"input part {t} has {part.shape[-1]} features, which do not end "
                                  f"on an irrep block of {self.irreps_in1}")
-            for view, (mul, ir) in zip(part.split(sizes, -1), self.irreps_in1[a - len(sizes):a],
-                                       strict=True):
-                blocks.append((t, view.unflatten(-1, (mul, ir.dim)).transpose(1, 2)))
-        if a != len(self.irreps_in1) or sum(p.shape[-1] for p in parts) != self.irreps_in1.dim:
+            for view, shape in zip(part.split(sizes, -1), shapes[a - len(sizes):a], strict=True):
+                blocks.append((t, view.unflatten(-1, shape).transpose(1, 2)))
+        if a != len(shapes) or sum(p.shape[-1] for p in parts) != sum(m * d for m, d in shapes):
             raise ValueError(f"the input parts have {sum(p.shape[-1] for p in parts)} features, "
                              f"{self.irreps_in1} needs {self.irreps_in1.dim}")
         return blocks
@@ -243,14 +244,14 @@ class O3TensorProduct(nn.Module):
         rows = [len(i) if i is not None else p.shape[0] for p, i in zip(parts, index, strict=True)]
         N = rows[0]
         if x2 is not None and not self.constant_in2:
-            if x2.dim() != 2 or x2.shape[-1] != self.irreps_in2.dim:
+            if x2.dim() != 2 or x2.shape[-1] != sum(m * d for m, d in self._in2_blocks):
                 raise ValueError(f"second input of shape {tuple(x2.shape)}, expected "
                                  f"(N, {self.irreps_in2.dim}) for {self.irreps_in2}")
             rows.append(x2.shape[0])
         if len(set(rows)) > 1:
             raise ValueError(f"the inputs have different numbers of rows (after gathering): "
                              f"{rows}")
-        b2 = None if self.constant_in2 else _split(x2, self.irreps_in2)
+        b2 = None if self.constant_in2 else _split(x2, self._in2_blocks)
 
         def gathered(a: int) -> Tensor:
             t, block = b1[a]
@@ -258,7 +259,7 @@ class O3TensorProduct(nn.Module):
 
         weights = (self.weight[self.weight_index] * self.weight_scale).split(
             [g.rows * g.cols for g in self._groups])
-        out: list[Tensor | None] = [None] * len(self.irreps_out)
+        out: list[Tensor | None] = [None] * sum(len(g.outputs) for g in self._groups)
         for group, w in zip(self._groups, weights, strict=True):
             w = w.view(group.rows, group.cols)
             terms = []
@@ -275,12 +276,10 @@ class O3TensorProduct(nn.Module):
                 z = _cat([_contract(gathered(a), b2[b], kind, w3j and getattr(self, w3j))
                           for a, b, kind, w3j, _ in group.contract], -1)
                 terms.append(z @ _cat([w[r0:r1] for *_, (r0, r1) in group.contract], 0))
-            y = sum(terms[1:], terms[0]) if terms else parts[0].new_zeros(N, group.ir.dim,
-                                                                          group.cols)
-            if group.ir == SCALAR and self.bias is not None:
+            y = sum(terms[1:], terms[0]) if terms else parts[0].new_zeros(N, group.dim, group.cols)
+            if group.scalar and self.bias is not None:
                 y = y + self.bias
-            for o, part in zip(group.outputs, y.split(
-                    [self.irreps_out[o].mul for o in group.outputs], -1), strict=True):
+            for o, part in zip(group.outputs, y.split(group.output_muls, -1), strict=True):
                 out[o] = part
         return out
 
@@ -308,17 +307,30 @@ class _Group:
     ir: o3.Irrep
     outputs: list[int]
     cols: int
+    dim: int  # of the irrep (plain ints and bools in what forward reads: see _block_shapes)
+    scalar: bool
+    output_muls: list[int]
     rows: int = 0
     outer: dict[int, list[tuple[int, tuple[int, int]]]] = field(default_factory=dict)
     contract: list[tuple[int, int, str, str | None, tuple[int, int]]] = field(
         default_factory=list)
 
 
-def _split(x: Tensor, irreps: o3.Irreps) -> list[Tensor]:
-    """``(N, irreps.dim)`` -> one ``(N, d, m)`` view per irrep block."""
-    parts = x.split([mul * ir.dim for mul, ir in irreps], -1)  # one backward op, no zeros
-    return [part.unflatten(-1, (mul, ir.dim)).transpose(1, 2)
-            for (mul, ir), part in zip(irreps, parts, strict=True)]
+def _block_shapes(irreps: o3.Irreps) -> list[tuple[int, int]]:
+    """``[(mul, dim)]`` of each irrep block, as plain ints.
+
+    What ``forward`` reads is kept free of e3nn's ``Irrep``: it is a ``tuple`` whose ``__len__``
+    raises, and ``torch.compile`` guards on the length of every tuple a traced function reads,
+    which then fails (``InternalTorchDynamoError: NotImplementedError`` in ``SEQUENCE_LENGTH``).
+    """
+    return [(mul, ir.dim) for mul, ir in irreps]
+
+
+def _split(x: Tensor, shapes: list[tuple[int, int]]) -> list[Tensor]:
+    """``(N, Σ mul·dim)`` -> one ``(N, dim, mul)`` view per irrep block ``(mul, dim)``."""
+    parts = x.split([mul * dim for mul, dim in shapes], -1)  # one backward op, no zeros
+    return [part.unflatten(-1, shape).transpose(1, 2)
+            for shape, part in zip(shapes, parts, strict=True)]
 
 
 def _cat(tensors: list[Tensor], dim: int) -> Tensor:

@@ -93,6 +93,8 @@ class SEGNNConv(MessagePassing):
         self.update_layer_1 = O3TensorProductGate(self.irreps_in + H, A, H)
         self.update_layer_2 = O3TensorProduct(H, A, self.irreps_out)
         self.residual = self.irreps_in == self.irreps_out
+        # plain ints for forward: torch.compile cannot guard on e3nn's Irrep (o3_tensor_product)
+        self._in_dim, self._attr_dim = self.irreps_in.dim, self.irreps_attr.dim
         self.reset_parameters()
         self.relax = relax
         if relax is not None:
@@ -153,11 +155,11 @@ class SEGNNConv(MessagePassing):
                 them.
         """
         N = x.shape[0] if isinstance(x, Tensor) and x.dim() > 0 else 0
-        x = check_features(x, "x", N, self.irreps_in.dim)
+        x = check_features(x, "x", N, self._in_dim)
         check_edge_index(edge_index, N)
         E = edge_index.shape[1]
-        node_attr = check_features(node_attr, "node_attr", N, self.irreps_attr.dim)
-        edge_attr = check_features(edge_attr, "edge_attr", E, self.irreps_attr.dim, what="edges")
+        node_attr = check_features(node_attr, "node_attr", N, self._attr_dim)
+        edge_attr = check_features(edge_attr, "edge_attr", E, self._attr_dim, what="edges")
         if self.edge_feature_dim:
             edge_feat = check_features(edge_feat, "edge_feat", E, self.edge_feature_dim,
                                        what="edges")
