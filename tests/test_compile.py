@@ -38,3 +38,44 @@ def test_compiled_model_is_one_graph_and_matches_eager(name, build):
     eager = torch.autograd.grad(expected.square().sum(), list(model.parameters()))
     for (pname, _), g, e in zip(model.named_parameters(), grads, eager, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5, msg=pname)
+
+
+def test_compiled_relaxed_model_follows_theta_without_recompiling():
+    """A relaxed model compiles with its paths (forward hooks) in the graph: the controller
+    records the paths' inputs from the compiled run (same penalty as eager), and a scheduled θ
+    that changes every step is read as a tensor, not baked in (no recompilation per value)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from relaxgnn.relax import Relaxation, Triangle
+
+    torch.manual_seed(0)
+    model = SEGNN({"vel": "1x1o"}, hidden_features=8, lmax=1, num_layers=2, velocity_field="vel",
+                  pair_fields=["charges"], centred_position_input=True, relax="linear")
+    data = FullyConnected()(Batch.from_data_list(
+        [point_cloud(5, torch.float32, seed=s) for s in range(3)]))
+    relax = Relaxation(model, Triangle(1.0, 10), lie_weight=0.1, norm_weight=0.1)
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("eager")  # graphs counted, no C++ build
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    thetas = []
+    for step in (1, 2, 3, 4):
+        thetas.append(relax.step(step))
+        with relax.record():
+            out = compiled(data)
+        penalty = relax.penalty()
+        with relax.record():
+            expected = model(data)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(penalty, relax.penalty(), rtol=1e-5, atol=1e-7)
+        assert penalty > 0
+    assert len(set(thetas)) == 4
+    assert counter.frame_count == 1  # θ changed three times: still the first graph
+    relax.pause()  # θ = 0: the paths are skipped, one more graph
+    torch.testing.assert_close(compiled(data), project_output(model, data), rtol=1e-5, atol=1e-6)
+    assert counter.frame_count == 2
+
+
+def project_output(model, data):
+    from relaxgnn.relax import project
+
+    return project(model)(data)

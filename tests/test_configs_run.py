@@ -86,6 +86,9 @@ def test_every_config_trains_out_of_the_box(config, tmp_path, data_dir, monkeypa
             "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
             "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
             *data_overrides(config, data_dir)]
+    if yaml.safe_load(config.read_text())["model"].get("compile_model"):
+        # compiled training is tested in test_train_module (a minute per model here)
+        args.append("--model.compile_model=false")
     assert main(args) == 0
     [run] = (runs / config.stem).glob("version_*")
     checkpoints = {p.name for p in (run / "checkpoints").iterdir()}

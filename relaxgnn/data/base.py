@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.data import Data, Dataset
+from torch_geometric.data import Batch, Data, Dataset
 
 _INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -70,6 +70,21 @@ class GraphDataset(Dataset):
                 return super().index_select(values.flatten().tolist())
         return super().index_select(idx)
 
+    def get_batch(self, indices: Sequence[int]) -> Batch | None:
+        """Items ``indices`` (positions in this data set, or in this view) as one ``Batch``
+        equal to ``Batch.from_data_list([self[i] for i in indices])``, built without a ``Data``
+        per item; ``None`` when the data set has no such shortcut (the default), and then
+        loaders collate items. Data sets of systems of one size override it
+        (:func:`stack_batch`)."""
+        return None
+
+    def rows(self, indices: Sequence[int]) -> Tensor:
+        """Item numbers in the whole data set of ``indices`` in this data set or view."""
+        if self._indices is None:
+            return torch.as_tensor(indices, dtype=torch.long)
+        own = self.indices()
+        return torch.as_tensor([own[i] for i in indices], dtype=torch.long)
+
     def select(self, values: Tensor) -> Tensor:
         """The rows of ``values`` (one per item of the whole data set) that belong to this data
         set's items, in its order: all of them, or those of a view."""
@@ -82,3 +97,22 @@ class GraphDataset(Dataset):
 
 
 __all__ = ["GraphDataset"]
+
+
+def stack_batch(fields: dict[str, Tensor]) -> Batch:
+    """A ``Batch`` of ``B`` graphs of ``n`` nodes each from node fields ``(B, n, d)`` (no
+    edges): what ``Batch.from_data_list`` makes of ``B`` items ``Data(**{k: v[b]})``, with its
+    ``batch``, ``ptr`` and the slices ``to_data_list`` reads, at the cost of a reshape."""
+    B, n = next(iter(fields.values())).shape[:2]
+    batch = Batch(_base_cls=Data)
+    for key, value in fields.items():
+        if value.shape[:2] != (B, n):
+            raise ValueError(f"stack_batch: field `{key}` has shape {tuple(value.shape)}, "
+                             f"expected ({B}, {n}, ...) like the others")
+        batch[key] = value.reshape(B * n, *value.shape[2:])
+    batch.batch = torch.arange(B).repeat_interleave(n)
+    batch.ptr = torch.arange(B + 1) * n
+    batch._num_graphs = B
+    batch._slice_dict = {key: batch.ptr.clone() for key in fields}
+    batch._inc_dict = {key: torch.zeros(B, dtype=torch.long) for key in fields}
+    return batch

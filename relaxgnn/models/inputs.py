@@ -88,21 +88,24 @@ class GraphInputs(nn.Module):
         edge_index = getattr(data, "edge_index", None)
         shift = getattr(data, "edge_shift", None)
         if edge_index is None:
-            if self.knn is not None:
-                edge_index = knn_edges(pos, self.knn, batch)
-            elif self.cutoff is None:
-                edge_index = fully_connected_edges(N, batch, device=pos.device)
-            else:
-                edge_index, shift = radius_edges(
-                    pos,
-                    self.cutoff,
-                    batch,
-                    cell=getattr(data, "cell", None),
-                    pbc=_pbc(getattr(data, "pbc", None)),
-                )
-                shift = shift if bool(shift.any()) else None
+            edge_index, shift = self._build_edges(data, pos, batch)
         check_edge_index(edge_index, N)
         return edge_index, shift, batch
+
+    @torch.compiler.disable
+    def _build_edges(self, data: Data, pos: Tensor, batch: Tensor | None
+                     ) -> tuple[Tensor, Tensor | None]:
+        """The graph of ``data`` (k nearest, radius or fully connected), always eager: its size
+        depends on the data, so a compiled model runs it outside its graph (one break at the
+        top of ``forward`` instead of several inside)."""
+        N = pos.shape[0]
+        if self.knn is not None:
+            return knn_edges(pos, self.knn, batch), None
+        if self.cutoff is None:
+            return fully_connected_edges(N, batch, device=pos.device), None
+        edge_index, shift = radius_edges(pos, self.cutoff, batch, cell=getattr(data, "cell", None),
+                                         pbc=_pbc(getattr(data, "pbc", None)))
+        return edge_index, shift if bool(shift.any()) else None
 
     def vector(self, data: Data, name: str) -> Tensor:
         """The finite ``(N, 3)`` vector field ``name`` (e.g. velocities) in the positions' dtype."""

@@ -232,8 +232,21 @@ def _build_path(name: str, module: nn.Module, config: RelaxConfig) -> Relaxation
     path = RelaxationPath(irreps_in, irreps_out, config, columns, salt=name_salt(name))
     path.target = name
     path.inputs = tuple(inputs)
-    path._signature = signature
+    path._arguments = _arguments(signature)
     return path
+
+
+def _arguments(signature: inspect.Signature) -> dict[str, tuple[int | None, Any]]:
+    """``{name: (position or None, default or None)}`` of a forward's named arguments."""
+    out, position = {}, 0
+    for p in signature.parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        positional = p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        out[p.name] = (position if positional else None,
+                       None if p.default is p.empty else p.default)
+        position += positional
+    return out
 
 
 def _parameter(params: list[inspect.Parameter], item: str | int, where: str

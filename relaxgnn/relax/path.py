@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import math
 import re
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import torch
@@ -182,6 +181,10 @@ class PathInput:
     name: str
     position: int
     irreps: o3.Irreps
+    dim: int = field(init=False)  # an int for forward: torch.compile cannot guard on an Irrep
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dim", self.irreps.dim)
 
 
 class RelaxationPath(nn.Module):
@@ -219,6 +222,7 @@ class RelaxationPath(nn.Module):
                                  f"{self.irreps_in.dim}")
         self.salt = int(salt)
         d_in, d_out = self.irreps_in.dim, self.irreps_out.dim
+        self.g_in = d_in  # an int for forward: torch.compile cannot guard on e3nn's Irrep
         with torch.random.fork_rng(devices=[]):  # nn.Linear initialises itself
             if self.config.kind == "linear":
                 self.g: nn.Module = nn.Linear(d_in, d_out, bias=False)
@@ -231,11 +235,17 @@ class RelaxationPath(nn.Module):
                         layers.append(ACTIVATIONS[self.config.activation]())
                 self.g = nn.Sequential(*layers)
         self._theta = 0.0
+        self._active = False
+        self._learned_theta: Tensor | None = None
+        # θ as the forward reads it when a schedule sets it: a tensor updated in place, so that
+        # a compiled model reads a new θ without being recompiled for every value
+        self.register_buffer("theta_now", torch.zeros(()), persistent=False)
         self._controller: weakref.ReferenceType | None = None
         # set by attach: the module name, the arguments read, and the output element written
         self.target = ""
         self.inputs: tuple[PathInput, ...] = ()
-        self._signature: inspect.Signature | None = None
+        # forward argument name -> (position or None for keyword-only, default)
+        self._arguments: dict[str, tuple[int | None, Any]] = {}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -266,7 +276,7 @@ class RelaxationPath(nn.Module):
     def active(self) -> bool:
         """Whether the path is evaluated: θ ≠ 0, or θ is a learned scalar (a tensor: the path
         must run for θ to get its gradient). No device synchronisation."""
-        return isinstance(self._theta, Tensor) or self._theta != 0.0
+        return self._active
 
     @property
     def controller(self):
@@ -276,27 +286,36 @@ class RelaxationPath(nn.Module):
     def _set_theta(self, theta: float | Tensor) -> None:  # only a controller calls this
         # a learned θ is the controller's parameter: held here, never registered on the path
         self.__dict__["_theta"] = theta if isinstance(theta, Tensor) else float(theta)
+        # a bool, so that a compiled model guards on "θ ≠ 0", not on θ's value
+        self.__dict__["_active"] = isinstance(theta, Tensor) or float(theta) != 0.0
+        self.__dict__["_learned_theta"] = theta if isinstance(theta, Tensor) else None
+        if not isinstance(theta, Tensor):
+            with torch.no_grad():
+                self.theta_now.fill_(float(theta))
 
     # ------------------------------------------------------------------ evaluation
     def forward(self, x: Tensor) -> Tensor:
         """:math:`\\theta\\, g(x)`."""
-        if x.shape[-1] != self.irreps_in.dim:
+        if x.shape[-1] != self.g_in:
             raise ValueError(f"relaxation path{self._where()} expects {self.irreps_in.dim} input "
                              f"features ({self.irreps_in}), got {x.shape[-1]}")
-        return self._theta * self.g(x)
+        theta = self.theta_now if self._learned_theta is None else self._learned_theta
+        return theta * self.g(x)
 
     def _where(self) -> str:
         return f" on `{self.target}`" if self.target else ""
 
     def gather_input(self, module: nn.Module, args: tuple, kwargs: dict) -> Tensor:
         """:math:`u`: the arguments this path reads from a call ``module(*args, **kwargs)``,
-        flattened and concatenated, ``(rows, irreps_in.dim)``."""
-        bound = self._signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        index = bound.arguments.get("index")
+        flattened and concatenated, ``(rows, irreps_in.dim)``.
+
+        Arguments are read by the position and name :func:`~relaxgnn.relax.attach` found in
+        the module's signature (no ``Signature.bind`` per call: ``torch.compile`` cannot trace
+        it)."""
+        index = self._argument("index", args, kwargs)
         parts = []
         for spec in self.inputs:
-            value = bound.arguments.get(spec.name)
+            value = self._argument(spec.name, args, kwargs)
             if isinstance(value, (list, tuple)) and all(isinstance(v, Tensor) for v in value):
                 idx = list(index) if isinstance(index, (list, tuple)) else [None] * len(value)
                 value = torch.cat([v if i is None else v.index_select(0, i)
@@ -305,11 +324,11 @@ class RelaxationPath(nn.Module):
                 raise ValueError(f"the relaxation path on `{self.target}` reads the argument "
                                  f"`{spec.name}`, which this call gave as "
                                  f"{type(value).__name__}, not a tensor")
-            if value.dim() == 1 and spec.irreps.dim == 1:
+            if value.dim() == 1 and spec.dim == 1:
                 value = value.unsqueeze(-1)
-            if value.dim() != 2 or value.shape[-1] != spec.irreps.dim:
+            if value.dim() != 2 or value.shape[-1] != spec.dim:
                 raise ValueError(f"the relaxation path on `{self.target}` reads `{spec.name}` as "
-                                 f"{spec.irreps} ({spec.irreps.dim} features per row), got shape "
+                                 f"{spec.irreps} ({spec.dim} features per row), got shape "
                                  f"{tuple(value.shape)}")
             parts.append(value)
         rows = {p.shape[0] for p in parts}
@@ -318,6 +337,14 @@ class RelaxationPath(nn.Module):
                              f"on `{self.target}` have different numbers of rows: "
                              f"{[p.shape[0] for p in parts]}")
         return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+
+    def _argument(self, name: str, args: tuple, kwargs: dict) -> Any:
+        """The value of the module's forward argument ``name`` in a call (its default when not
+        given; ``None`` for a name the forward does not take)."""
+        position, default = self._arguments.get(name, (None, None))
+        if position is not None and position < len(args):
+            return args[position]
+        return kwargs.get(name, default)
 
     def hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         """The forward hook :func:`~relaxgnn.relax.attach` registers: adds

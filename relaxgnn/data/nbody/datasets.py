@@ -5,16 +5,16 @@ cache under ``root`` (:mod:`.cache`), generated on first use."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 
-from ..base import GraphDataset
+from ..base import GraphDataset, stack_batch
 from ..graphs import KNNGraph
 from . import cache
 from .params import SPLITS, ChargedParams, GravityParams, NBodyParams
@@ -115,6 +115,15 @@ class NBody(GraphDataset):
         return Data(
             pos=self._pos[idx], vel=self._vel[idx], charges=self._charges[idx], y=self._y[idx]
         )
+
+    def get_batch(self, indices: Sequence[int]) -> Batch | None:
+        """The items ``indices`` as one ``Batch`` straight from the arrays (every system has
+        the same particles; ``None`` with a ``transform``, which acts per item)."""
+        if self.transform is not None:
+            return None
+        rows = self.rows(indices)
+        return stack_batch({"pos": self._pos[rows], "vel": self._vel[rows],
+                            "charges": self._charges[rows], "y": self._y[rows]})
 
     def __repr__(self) -> str:
         return (
