@@ -10,9 +10,12 @@ on the edges).
 For SEGNN a reference arm runs the same model with every steerable layer computed the unfused
 way, by e3nn's ``FullyConnectedTensorProduct`` and ``Gate`` (as the released SEGNN code and
 relaxgnn before its fused tensor product did), sharing the weights; its output is checked to
-equal the fused model's, and its step time is the baseline of the speed-up.
+equal the fused model's, and its step time is the baseline of the speed-up. For EGNN the
+reference arm is the EGNN authors' ``EGNN_vel`` in plain torch (:class:`ReferenceEGNNVel`),
+with the same weights and output. ``--compile`` adds ``torch.compile``'d arms.
 
-    .venv/bin/python benchmarks/relaxation_overhead.py [--model segnn|egnn] [--threads 2]
+    .venv/bin/python benchmarks/relaxation_overhead.py [--model segnn|egnn] [--threads 2] \
+        [--compile] [--fused-adam]
 
 Prints a table; the numbers measured on this project's machine are in benchmarks/README.md.
 """
@@ -104,6 +107,44 @@ def unfused(model: nn.Module) -> nn.Module:
     return model
 
 
+class ReferenceEGNNVel(nn.Module):
+    """The EGNN authors' N-body model (``EGNN_vel`` of Satorras et al., E_GCL_vel layers), in
+    plain torch as they compute it, with the weights of a relaxgnn ``EGNN``: edge MLP on the
+    gathered ``[h_i, h_j, |x_i - x_j|², q_i q_j]``, coordinate update ``mean_j (x_i - x_j)
+    φ_x(m_ij)`` (each entry clamped to ±100) plus ``φ_v(h_i) v_i``, node update ``h_i +
+    φ_h(h_i, Σ_j m_ij)`` in every layer (the last one's is computed and unused, as theirs), sums
+    by ``scatter_add_`` over an expanded index and the mean by a count of ones."""
+
+    def __init__(self, model: EGNN) -> None:
+        super().__init__()
+        model = copy.deepcopy(model)
+        self.embedding, self.layers = model.embedding, model.layers
+        if self.layers[-1].node_mlp is None:  # relaxgnn skips the last node update, they do not
+            self.layers[-1].node_mlp = copy.deepcopy(self.layers[0].node_mlp)
+
+    @staticmethod
+    def segment_sum(data, index, size):
+        out = data.new_zeros(size, data.shape[1])
+        return out.scatter_add_(0, index.unsqueeze(-1).expand(-1, data.shape[1]), data)
+
+    def forward(self, data):
+        col, row = data.edge_index  # sender j, receiver i
+        vel, x = data.vel, data.pos
+        speed = vel.norm(dim=-1, keepdim=True)  # with relaxgnn's constant input column
+        h = self.embedding(torch.cat([torch.ones_like(speed), speed], 1))
+        edge_attr = data.charges[row] * data.charges[col]
+        N = x.shape[0]
+        for layer in self.layers:
+            diff = x[row] - x[col]
+            radial = diff.pow(2).sum(1, keepdim=True)
+            m = layer.edge_mlp(torch.cat([h[row], h[col], radial, edge_attr], 1))
+            trans = (diff * layer.coord_mlp(m)).clamp(-100, 100)
+            count = self.segment_sum(torch.ones_like(trans), row, N).clamp(min=1)
+            x = x + self.segment_sum(trans, row, N) / count + layer.vel_mlp(h) * vel
+            h = h + layer.node_mlp(torch.cat([h, self.segment_sum(m, row, N)], 1))
+        return x
+
+
 def timed(fn, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
@@ -120,6 +161,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true",
+                        help="add torch.compile'd arms of the plain, relaxed and projected models")
+    parser.add_argument("--fused-adam", action="store_true",
+                        help="every arm's Adam with fused=True (as the N-body SEGNN configs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -131,7 +176,8 @@ def main() -> None:
     relax = Relaxation(relaxed, Constant(0.5, 10**6), lie_weight=0.01, norm_weight=0.01)
 
     def step_fn(model, controller=None):
-        optimizer = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-12)
+        optimizer = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-12,
+                                     fused=args.fused_adam or None)
 
         def step():
             if controller is None:
@@ -164,15 +210,33 @@ def main() -> None:
             torch.testing.assert_close(reference(batch), plain(batch), rtol=1e-4, atol=1e-4)
         reference.train()
         arms["train step: plain, unfused e3nn layers"] = step_fn(reference)
+    else:
+        reference = ReferenceEGNNVel(plain)
+        with torch.no_grad():
+            torch.testing.assert_close(reference(batch), plain(batch), rtol=1e-4, atol=1e-4)
+        reference.train()
+        arms["train step: EGNN authors' EGNN_vel"] = step_fn(reference)
+    reference_arm = next(iter(arms))
     arms |= {
         "train step: plain": step_fn(plain),
         "train step: relaxed (θ=0.5, penalties)": step_fn(relaxed, relax),
         "forward: plain": forward_fn(plain),
         "forward: projected": forward_fn(projected),
     }
+    if args.compile:  # the models' forward compiled; the penalty stays eager, as in training
+        arms |= {
+            "train step: plain, compiled": step_fn(torch.compile(plain)),
+            "train step: relaxed, compiled": step_fn(torch.compile(relaxed), relax),
+            "forward: plain, compiled": forward_fn(torch.compile(copy.deepcopy(plain))),
+            "forward: projected, compiled": forward_fn(torch.compile(projected)),
+        }
     plain.train()
-    for fn in arms.values():
+    for name, fn in arms.items():
+        start = time.perf_counter()
         timed(fn, args.warmup)
+        if "compiled" in name:
+            print(f"{name}: warm-up (compilation) {time.perf_counter() - start:.0f} s",
+                  flush=True)
     samples: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(args.repeats):  # interleaved, so drift hits every arm alike
         for name, fn in arms.items():
@@ -181,21 +245,23 @@ def main() -> None:
 
     name = "SEGNN 4×(32x0e+32x1o)" if args.model == "segnn" else "EGNN 4×64"
     print(f"training step and relaxation overhead — {name}, batch 100×5 particles, {device}, "
-          f"{args.threads} threads, median of {args.repeats}")
+          f"{args.threads} threads, median of {args.repeats}"
+          + (", fused Adam" if args.fused_adam else ""))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"machine: {where}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{date.today()}")
-    print(f"{'arm':<42}{'median ms':>10}")
+    print(f"{'arm':<42}{'median ms':>10}{'/ reference':>13}")
     for name, ms in median.items():
-        print(f"{name:<42}{ms:>10.1f}")
-    step_ratio = median["train step: relaxed (θ=0.5, penalties)"] / median["train step: plain"]
-    fwd_ratio = median["forward: projected"] / median["forward: plain"]
-    print(f"training-step ratio relaxed/plain: {step_ratio:.3f} (target <= 1.15)")
-    print(f"forward ratio projected/plain:     {fwd_ratio:.3f} (target 1.00 within noise)")
-    if args.model == "segnn":
-        speedup = median["train step: plain, unfused e3nn layers"] / median["train step: plain"]
-        print(f"training-step speed-up of the fused layers over e3nn's: {speedup:.2f}x")
-
+        ratio = f"{ms / median[reference_arm]:>13.3f}" if name.startswith("train") else ""
+        print(f"{name:<42}{ms:>10.1f}{ratio}")
+    for suffix in ("", ", compiled"):
+        if f"train step: plain{suffix}" not in median:
+            continue
+        step = median[f"train step: relaxed{suffix or ' (θ=0.5, penalties)'}"] \
+            / median[f"train step: plain{suffix}"]
+        fwd = median[f"forward: projected{suffix}"] / median[f"forward: plain{suffix}"]
+        print(f"relaxed/plain training step{suffix}: {step:.3f} (target <= 1.10); "
+              f"projected/plain forward: {fwd:.3f} (target 1.00)")
 
 if __name__ == "__main__":
     main()

@@ -79,3 +79,28 @@ def project_output(model, data):
     from relaxgnn.relax import project
 
     return project(model)(data)
+
+
+def test_compiling_a_relaxed_model_after_the_plain_one_keeps_its_paths():
+    """The relaxed and the plain SEGNN share their forward code; the graph traced for the plain
+    one (no hooks) must not be reused for the relaxed one (paths in hooks), nor the reverse."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from relaxgnn.relax import Constant, Relaxation, project
+
+    def build(relax):
+        torch.manual_seed(0)
+        return SEGNN({"vel": "1x1o"}, hidden_features=8, lmax=1, num_layers=1,
+                     velocity_field="vel", pair_fields=["charges"],
+                     centred_position_input=True, relax=relax)
+
+    data = FullyConnected()(Batch.from_data_list(
+        [point_cloud(5, torch.float32, seed=s) for s in range(2)]))
+    plain, relaxed = build(None), build({"kind": "linear", "init_std": 0.5})
+    relax = Relaxation(relaxed, Constant(0.5, 10), lie_weight=0.1, norm_weight=0.1)
+    relax.step(0)
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("eager")
+    for model in (plain, relaxed, project(relaxed)):
+        torch.testing.assert_close(torch.compile(model, backend=counter)(data), model(data))
+    assert (relaxed(data) - plain(data)).abs().max() > 1e-2  # the paths change the output

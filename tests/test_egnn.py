@@ -152,3 +152,28 @@ def test_gradients_reach_every_parameter(kind):
     (out * torch.randn_like(out)).sum().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("edge_dim", [0, 2])
+def test_per_node_first_edge_layer_equals_the_mlp_on_gathered_inputs(edge_dim):
+    """The edge MLP's first linear map is applied per node before the gather; the result is
+    φ_e on the concatenated [h_i, h_j, |r_ij|², a_ij] (float64), and a hook on ``edge_mlp``
+    makes the layer call the MLP as a module, so the hook sees (and may change) that input."""
+    torch.manual_seed(0)
+    conv = EGNNConv(6, 6, 8, edge_dim=edge_dim, velocity=True).double()
+    data = point_cloud(7, torch.float64)
+    edge_index = fully_connected_edges(7)
+    x = torch.randn(7, 6, dtype=torch.float64)
+    attr = torch.randn(edge_index.shape[1], edge_dim, dtype=torch.float64) if edge_dim else None
+    fast = conv(x, data.pos, edge_index, vel=data.vel, edge_attr=attr)
+    seen = []
+    handle = conv.edge_mlp.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    slow = conv(x, data.pos, edge_index, vel=data.vel, edge_attr=attr)
+    handle.remove()
+    j, i = edge_index
+    rel = data.pos[i] - data.pos[j]
+    expected_input = torch.cat([x[i], x[j], rel.pow(2).sum(-1, keepdim=True)]
+                               + ([attr] if edge_dim else []), -1)
+    torch.testing.assert_close(seen[0], expected_input)
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

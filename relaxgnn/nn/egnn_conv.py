@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import torch
 from e3nn import o3
-from torch import Tensor
+from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
@@ -165,8 +165,7 @@ class EGNNConv(MessagePassing):
         j, i = edge_index
         rel = pos[i] - pos[j]
         dist2 = rel.pow(2).sum(-1, keepdim=True)
-        feats = [x[i], x[j], dist2] + ([edge_attr] if self.edge_dim else [])
-        m = self.edge_mlp(torch.cat(feats, -1))
+        m = self._messages(x, i, j, dist2, edge_attr)
         h_out = x
         if self.node_mlp is not None:
             m_i = scatter(m, i, dim=0, dim_size=N, reduce="sum")
@@ -176,6 +175,28 @@ class EGNNConv(MessagePassing):
         if self.coord_mlp is None:
             return h_out, pos
         return h_out, pos + self._coord_update(x, pos, rel, dist2, m, i, vel)
+
+    def _messages(self, x: Tensor, i: Tensor, j: Tensor, dist2: Tensor,
+                  edge_attr: Tensor | None) -> Tensor:
+        r""":math:`m_{ij} = \phi_e(h_i, h_j, \lVert r_{ij}\rVert^2, a_{ij})`, with the first
+        linear map applied per node before the gather: :math:`W[h_i \Vert h_j \Vert e] + b =
+        (W_1 h)_i + (W_2 h)_j + W_3 e + b`, the same numbers (up to round-off) with the
+        :math:`2C`-wide product on the nodes' rows instead of the edges'. When something hooks
+        ``edge_mlp`` (e.g. a relaxation path placed on it) the MLP is called as a module on the
+        concatenated input instead, so that its hooks run."""
+        invariants = [dist2] + ([edge_attr] if self.edge_dim else [])
+        if _hooked(self.edge_mlp):
+            return self.edge_mlp(torch.cat([x[i], x[j], *invariants], -1))
+        first, C = self.edge_mlp[0], self.in_channels
+        W = first.weight
+        per_node = nn.functional.linear(x, torch.cat([W[:, :C], W[:, C:2 * C]], 0))
+        receiver, sender = per_node.split(W.shape[0], -1)
+        m = receiver[i] + sender[j] + nn.functional.linear(
+            torch.cat(invariants, -1) if len(invariants) > 1 else dist2, W[:, 2 * C:],
+            first.bias)
+        for layer in list(self.edge_mlp)[1:]:
+            m = layer(m)
+        return m
 
     def _coord_update(self, x, pos, rel, dist2, m, i, vel) -> Tensor:
         N = pos.shape[0]
@@ -198,3 +219,8 @@ class EGNNConv(MessagePassing):
             f"hidden={self.hidden_channels}, edge_dim={self.edge_dim}, "
             f"velocity={self.velocity})"
         )
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether ``module`` or a submodule has forward (pre-)hooks."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())

@@ -8,6 +8,11 @@ match a :class:`~relaxgnn.relax.RelaxationPath`: a forward hook reads the module
 changing its code. The paths live in a :class:`RelaxationPaths` container on the model given to
 :func:`attach` (state-dict keys ``relaxation_paths.<module name with ":" for ".">.g.…``).
 
+Under ``torch.compile`` the paths are part of the compiled graph. Because ``torch.compile``
+by default does not check module hooks before reusing a graph (it would run a graph traced from
+the plain model for the relaxed one, paths left out), :func:`attach` turns that check on for the
+process (``torch._dynamo.config.skip_nnmodule_hook_guards = False``).
+
 :func:`project` returns a copy with every path and hook removed: the plain, exactly equivariant
 model, whose ``state_dict`` loads (``strict=True``) into the model never relaxed.
 """
@@ -21,6 +26,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
 from e3nn import o3
 from torch import nn
 
@@ -108,6 +114,9 @@ def attach(model: nn.Module, placement: Placement) -> dict[str, RelaxationPath]:
                 raise ValueError(f"{type(model).__name__} already has the relaxation path "
                                  f"`{full}`")
             plan[full] = (name, module, config, pattern)
+    # dynamo does not guard on module hooks by default, and would run a graph traced from a
+    # model without paths for one with paths (same code): make it guard on them
+    torch._dynamo.config.skip_nnmodule_hook_guards = False
     container = getattr(model, CONTAINER, None)
     if container is None:
         container = RelaxationPaths()
