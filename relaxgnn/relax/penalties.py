@@ -60,6 +60,24 @@ def _root(squares: Tensor) -> Tensor:
     return torch.where(positive, torch.where(positive, squares, 1.0).sqrt(), 0.0)
 
 
+class _TraceForm(torch.autograd.Function):
+    r""":math:`\operatorname{tr}(A S A^\top)` per leading index, for a constant symmetric
+    :math:`S`, with the gradient :math:`2 A S` taken from the forward's product (autograd would
+    form :math:`A S` a second time: half the penalty's matrix products)."""
+
+    @staticmethod
+    def forward(ctx, A: Tensor, S: Tensor) -> Tensor:
+        AS = A @ S
+        ctx.save_for_backward(AS)
+        return (AS * A).flatten(1).sum(1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (AS,) = ctx.saved_tensors
+        return 2.0 * grad.view(-1, *([1] * (AS.dim() - 1))) * AS, None
+
+
 def linear_penalties(
     W: Tensor,
     X: Tensor,
@@ -79,11 +97,11 @@ def linear_penalties(
     translation derivative :math:`W\tau_k` is the same for every :math:`x`. The same numbers as
     :func:`lie_derivative` and :func:`translation_derivative` give per sample.
     """
-    S = X.mT @ X
+    S = X.detach().mT @ X.detach()
 
     def squares(A: Tensor) -> Tensor:  # Σ_x |A x|² per path; round-off kept from going below 0
         S_ = S.view(S.shape[0], *([1] * (A.dim() - 3)), *S.shape[1:])
-        return ((A @ S_) * A).flatten(1).sum(1).clamp_min(0.0)
+        return _TraceForm.apply(A, S_).clamp_min(0.0)
 
     lie = squares(generator_commutator(W, irreps_in, irreps_out))
     if position_columns:
