@@ -131,7 +131,7 @@ class O3TensorProduct(nn.Module):
             pairs = [(a, b) for a, b, o in paths if o == outputs[0]]
             fan_in = sum(in1[a].mul * in2[b].mul for a, b in pairs)
             alpha = math.sqrt(ir.dim)  # e3nn's 1/sqrt(fan_in) lives in the weights (docstring)
-            group = _Group(ir, outputs, sum(out[o].mul for o in outputs), ir.dim, ir == SCALAR,
+            group = _Group(outputs, sum(out[o].mul for o in outputs), ir.dim, ir == SCALAR,
                            [out[o].mul for o in outputs])
             for a, b in pairs:
                 kind, c = _shortcut(in1[a].ir.l, in2[b].ir.l, ir.l)
@@ -169,6 +169,7 @@ class O3TensorProduct(nn.Module):
                                  persistent=False)
 
         self._in1_blocks, self._in2_blocks = _block_shapes(in1), _block_shapes(in2)
+        self._in1_dim, self._in2_dim, self._num_out_blocks = in1.dim, in2.dim, len(out)
         self.num_scalars = sum(mul for mul, ir in out if ir == SCALAR)
         self._bias_fan_in64 = torch.tensor(
             [float(out_fan_in[o]) for o, (mul, ir) in enumerate(out) if ir == SCALAR
@@ -215,7 +216,7 @@ class O3TensorProduct(nn.Module):
                                  f"on an irrep block of {self.irreps_in1}")
             for view, shape in zip(part.split(sizes, -1), shapes[a - len(sizes):a], strict=True):
                 blocks.append((t, view.unflatten(-1, shape).transpose(1, 2)))
-        if a != len(shapes) or sum(p.shape[-1] for p in parts) != sum(m * d for m, d in shapes):
+        if a != len(shapes) or sum(p.shape[-1] for p in parts) != self._in1_dim:
             raise ValueError(f"the input parts have {sum(p.shape[-1] for p in parts)} features, "
                              f"{self.irreps_in1} needs {self.irreps_in1.dim}")
         return blocks
@@ -244,7 +245,7 @@ class O3TensorProduct(nn.Module):
         rows = [len(i) if i is not None else p.shape[0] for p, i in zip(parts, index, strict=True)]
         N = rows[0]
         if x2 is not None and not self.constant_in2:
-            if x2.dim() != 2 or x2.shape[-1] != sum(m * d for m, d in self._in2_blocks):
+            if x2.dim() != 2 or x2.shape[-1] != self._in2_dim:
                 raise ValueError(f"second input of shape {tuple(x2.shape)}, expected "
                                  f"(N, {self.irreps_in2.dim}) for {self.irreps_in2}")
             rows.append(x2.shape[0])
@@ -259,7 +260,7 @@ class O3TensorProduct(nn.Module):
 
         weights = (self.weight[self.weight_index] * self.weight_scale).split(
             [g.rows * g.cols for g in self._groups])
-        out: list[Tensor | None] = [None] * sum(len(g.outputs) for g in self._groups)
+        out: list[Tensor | None] = [None] * self._num_out_blocks
         for group, w in zip(self._groups, weights, strict=True):
             w = w.view(group.rows, group.cols)
             terms = []
@@ -304,7 +305,6 @@ class _Group:
     (applied weights first); ``contract``: ``[(a, b, kind, Wigner-3j buffer name, rows)]``
     (contracted first)."""
 
-    ir: o3.Irrep
     outputs: list[int]
     cols: int
     dim: int  # of the irrep (plain ints and bools in what forward reads: see _block_shapes)
