@@ -159,30 +159,42 @@ class RelaxationController:
         return {name: torch.cat(recorded[name]) if len(recorded[name]) > 1
                 else recorded[name][0] for name in active if recorded.get(name)}
 
-    def _terms(self) -> dict[str, dict[str, Tensor]]:
+    def _batched_terms(self) -> list[tuple[list[str], dict[str, Tensor]]]:
+        """The penalty terms of the active paths on the recorded inputs, in groups: linear
+        paths of one shape are one batched call (each term ``(P,)``), other paths one group
+        each (scalar terms); groups in the model's order of their first path."""
         reflection = None
         if self.reflection_weight > 0:  # drawn from the step, so resumed runs repeat it
             reflection = random_reflection(self.step_index, dtype=torch.float64)
         inputs = self.inputs()
-        terms: dict[str, dict[str, Tensor]] = {}
-        batches: dict[tuple, list[str]] = {}  # linear paths of one shape: one batched call
+        groups: dict[Any, list[str]] = {}  # linear paths of one shape: one batched call
         for name, x in inputs.items():
             path = self.paths[name]
-            if linear_weight(path.g) is None:
-                terms[name] = path_penalties(path, x, reflection)
-            else:
+            key: Any = name
+            if linear_weight(path.g) is not None:
                 key = (str(path.irreps_in), str(path.irreps_out), path.position_columns,
                        x.numel(), x.dtype, x.device)
-                batches.setdefault(key, []).append(name)
-        for names in batches.values():
+            groups.setdefault(key, []).append(name)
+        out = []
+        for key, names in groups.items():
             first = self.paths[names[0]]
+            if isinstance(key, str):
+                out.append((names, path_penalties(first, inputs[key], reflection)))
+                continue
             W = torch.stack([linear_weight(self.paths[n].g) for n in names])
             X = torch.stack([inputs[n].reshape(-1, W.shape[-1]) for n in names])
-            batch = linear_penalties(W, X, first.irreps_in, first.irreps_out,
-                                     first.position_columns, reflection)
+            out.append((names, linear_penalties(W, X, first.irreps_in, first.irreps_out,
+                                                first.position_columns, reflection)))
+        return out
+
+    def _terms(self) -> dict[str, dict[str, Tensor]]:
+        """The penalty terms per active path, in the model's order."""
+        terms: dict[str, dict[str, Tensor]] = {}
+        for names, batch in self._batched_terms():
             for i, name in enumerate(names):
-                terms[name] = {term: value[i] for term, value in batch.items()}
-        return {name: terms[name] for name in inputs}  # in the model's order
+                terms[name] = {term: value if value.dim() == 0 else value[i]
+                               for term, value in batch.items()}
+        return {name: terms[name] for name in self.paths if name in terms}
 
     def penalty(self, task_loss: Tensor | None = None) -> Tensor:
         """The weighted penalty (module docstring) on the recorded inputs; 0 when θ = 0
@@ -195,11 +207,14 @@ class RelaxationController:
         return total
 
     def _path_penalty(self) -> Tensor:
+        """Σ over paths of λ_lie·lie + λ_norm·norm (+ λ_refl·reflection), summed per group
+        (no per-path indexing: a few operations however many paths)."""
         total = None
-        for terms in self._terms().values():
+        for _, terms in self._batched_terms():
             value = self.lie_weight * terms["lie"] + self.norm_weight * terms["norm"]
             if "reflection" in terms:
                 value = value + self.reflection_weight * terms["reflection"]
+            value = value.sum()
             total = value if total is None else total + value
         if total is None:
             weight = next(next(iter(self.paths.values())).parameters())

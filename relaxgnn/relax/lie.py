@@ -23,6 +23,7 @@ components and makes the penalty non-zero for an exactly equivariant ``W``.)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +39,21 @@ def linear_weight(fn: Callable[[Tensor], Tensor]) -> Tensor | None:
     return None
 
 
+@lru_cache(maxsize=256)
+def _generator_blocks(irreps: str) -> tuple[int, tuple[tuple[int, int, int, int], ...]]:
+    """``(dim, ((start, mul, 2l+1, l), ...))`` of the non-scalar blocks of ``irreps``."""
+    parsed = as_irreps(irreps).simplify()
+    blocks = tuple((sl.start, mul, ir.dim, ir.l)
+                   for (mul, ir), sl in zip(parsed, parsed.slices(), strict=True) if ir.l > 0)
+    return parsed.dim, blocks
+
+
+@lru_cache(maxsize=64)
+def _irrep_generators_as(l: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """:func:`irrep_generators` in ``dtype`` on ``device`` (cached: do not modify)."""
+    return irrep_generators(l).to(dtype=dtype, device=device)
+
+
 def generator_commutator(W: Tensor, irreps_in: IrrepsLike, irreps_out: IrrepsLike) -> Tensor:
     r""":math:`W\, d\rho_{in}(A_k) - d\rho_{out}(A_k)\, W` for the three generators: the Lie
     derivative of the linear map :math:`x \mapsto Wx`. ``W`` is ``(*batch, d_out, d_in)``; the
@@ -46,32 +62,28 @@ def generator_commutator(W: Tensor, irreps_in: IrrepsLike, irreps_out: IrrepsLik
     The generators are block-diagonal (one :math:`J^{(l)}_k` per copy of each irrep, see
     :func:`~relaxgnn.symmetry.irreps.so3_generators`), so each side is applied block by block,
     at :math:`O(d_{out} d_{in} (2l+1))` cost instead of the :math:`O(d_{out} d_{in}^2)` of dense
-    products.
+    products; scalar blocks (:math:`J = 0`) are skipped. The block structure is cached per
+    irreps, the generators per dtype and device (a penalty evaluation is a few operations per
+    non-scalar block, no Python-side parsing).
     """
-    irreps_in, irreps_out = as_irreps(irreps_in).simplify(), as_irreps(irreps_out).simplify()
-    if W.shape[-2:] != (irreps_out.dim, irreps_in.dim):
-        raise ValueError(f"W has shape {tuple(W.shape)}, expected (..., {irreps_out.dim}, "
-                         f"{irreps_in.dim}) for {irreps_in} -> {irreps_out}")
-    batch, (d_out, d_in) = W.shape[:-2], W.shape[-2:]
-    right = []  # (W dρ_in)[:, block] = W[:, block] (I_mul ⊗ J)
-    for (mul, ir), sl in zip(irreps_in, irreps_in.slices(), strict=True):
-        if ir.l == 0:
-            right.append(W.new_zeros(*batch, 3, d_out, mul))
-        else:
-            J = irrep_generators(ir.l).to(W)
-            block = W[..., sl].unflatten(-1, (mul, ir.dim))
-            right.append(torch.einsum("...omd,kde->...kome", block, J).flatten(-2))
-    left = []  # (dρ_out W)[block, :] = (I_mul ⊗ J) W[block, :]
-    for (mul, ir), sl in zip(irreps_out, irreps_out.slices(), strict=True):
-        if ir.l == 0:
-            left.append(W.new_zeros(*batch, 3, mul, d_in))
-        else:
-            J = irrep_generators(ir.l).to(W)
-            block = W[..., sl, :].unflatten(-2, (mul, ir.dim))
-            left.append(torch.einsum("kde,...mei->...kmdi", J, block).flatten(-3, -2))
-    if not right or not left:
-        return W.new_zeros(*batch, 3, d_out, d_in)
-    return torch.cat(right, -1) - torch.cat(left, -2)
+    d_in, blocks_in = _generator_blocks(str(irreps_in))
+    d_out, blocks_out = _generator_blocks(str(irreps_out))
+    if W.shape[-2:] != (d_out, d_in):
+        raise ValueError(f"W has shape {tuple(W.shape)}, expected (..., {d_out}, {d_in}) for "
+                         f"{irreps_in} -> {irreps_out}")
+    batch = W.shape[:-2]
+    A = W.new_zeros(*batch, 3, d_out, d_in)
+    for start, mul, dim, l in blocks_in:  # (W dρ_in)[:, block] = W[:, block] (I_mul ⊗ J)
+        J = _irrep_generators_as(l, W.dtype, W.device)
+        stop = start + mul * dim
+        block = W[..., start:stop].unflatten(-1, (mul, dim))
+        A[..., start:stop] = torch.einsum("...omd,kde->...kome", block, J).flatten(-2)
+    for start, mul, dim, l in blocks_out:  # (dρ_out W)[block, :] = (I_mul ⊗ J) W[block, :]
+        J = _irrep_generators_as(l, W.dtype, W.device)
+        stop = start + mul * dim
+        block = W[..., start:stop, :].unflatten(-2, (mul, dim))
+        A[..., start:stop, :] -= torch.einsum("kde,...mei->...kmdi", J, block).flatten(-3, -2)
+    return A
 
 
 def lie_derivative(
