@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 from relaxgnn.cli import main
+from relaxgnn.models import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -78,9 +81,63 @@ def modelnet_sample(root: Path) -> Path:
     return root
 
 
+def record_export(monkeypatch) -> dict:
+    """Wrap :class:`ExportModel`'s ``on_fit_end`` to keep the trained network's outputs at
+    θ = 0 (as validation and test compute them) on the first validation batch, in evaluation
+    mode, for comparison with the file."""
+    from relaxgnn.train.callbacks import ExportModel, _first_batch
+
+    seen: dict = {}
+    original = ExportModel.on_fit_end
+
+    def on_fit_end(self, trainer, pl_module):
+        original(self, trainer, pl_module)
+        batch = pl_module.on_after_batch_transfer(_first_batch(trainer).to(pl_module.device), 0)
+        network = pl_module.model.eval()
+        if pl_module.relaxation is not None:  # evaluated as validation and test are: at θ = 0
+            pl_module.relaxation.pause()
+        seen.update(batch=batch, path=self.path, task=pl_module.task,
+                    outputs=outputs(network, batch, pl_module.task))
+
+    monkeypatch.setattr(ExportModel, "on_fit_end", on_fit_end)
+    return seen
+
+
+def outputs(model, batch, task: str) -> tuple[torch.Tensor, ...]:
+    if task == "energy_forces":
+        return model.energy_and_forces(batch)
+    with torch.no_grad():
+        return (model(batch),)
+
+
+def check_export(seen: dict) -> None:
+    """The exported model.pt loads with load_model and computes what the trained network
+    computed; a force field also runs in the ASE calculator with the same energy and forces."""
+    model = load_model(seen["path"]).eval()
+    for got, expected in zip(outputs(model, seen["batch"], seen["task"]), seen["outputs"],
+                             strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    if seen["task"] != "energy_forces":
+        return
+    from ase import Atoms
+
+    from relaxgnn.calculator import RelaxGNNCalculator
+
+    batch = seen["batch"]
+    first = batch.batch == 0
+    atoms = Atoms(numbers=batch.z[first].numpy(), positions=batch.pos[first].double().numpy())
+    atoms.calc = RelaxGNNCalculator(seen["path"], dtype=None)
+    energy, forces = seen["outputs"]
+    assert atoms.get_potential_energy() == pytest.approx(float(energy[0]), rel=1e-5, abs=1e-5)
+    np.testing.assert_allclose(atoms.get_forces(), forces[first].numpy(), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_every_config_trains_out_of_the_box(config, tmp_path, data_dir, monkeypatch):
-    monkeypatch.chdir(REPO)  # the configs' paths are relative to the repository
+    """Every config trains for two steps, and the model.pt it exports loads and computes what
+    the trained network computed (in the ASE calculator too, for force fields)."""
+    monkeypatch.chdir(REPO)
+    seen = record_export(monkeypatch)  # the configs' paths are relative to the repository
     runs = tmp_path / "runs"
     args = ["fit", "--config", str(config), "--runs_dir", str(runs),
             "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
@@ -93,3 +150,4 @@ def test_every_config_trains_out_of_the_box(config, tmp_path, data_dir, monkeypa
     [run] = (runs / config.stem).glob("version_*")
     checkpoints = {p.name for p in (run / "checkpoints").iterdir()}
     assert "model.pt" in checkpoints and any(c.startswith("best-") for c in checkpoints)
+    check_export(seen)

@@ -228,3 +228,35 @@ def test_fit_reference_energies():
         fit_reference_energies([Data(z=torch.tensor([9]), energy=torch.tensor([1.0]))], [1])
     with pytest.raises(ValueError, match="empty"):
         fit_reference_energies([], [1])
+
+
+def test_fit_statistics_resolves_fit_against_hand_computed_values():
+    """reference_energies='fit' and energy_scale='fit': H2 (E = -1), O2 (E = -4) and H2O
+    (E = -3) give e_H = -0.5, e_O = -2 exactly; the forces (3, 4, 0 | 0, 0, 0 | ...) have
+    RMS sqrt(25 / 21) over 7 atoms x 3 components. Unfitted models refuse to run; the fitted
+    numbers are what the model file records."""
+    def item(z, energy, forces):
+        return Data(z=torch.tensor(z), pos=torch.randn(len(z), 3, dtype=torch.float64),
+                    energy=torch.tensor([energy], dtype=torch.float64),
+                    forces=torch.tensor(forces, dtype=torch.float64))
+
+    items = [item([1, 1], -1.0, [[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]]),
+             item([8, 8], -4.0, [[0.0] * 3] * 2),
+             item([1, 8, 1], -3.0, [[0.0] * 3] * 2 + [[0.0, 0.0, 0.0]])]
+    model = EnergyForceModel(TPNET, [1, 8], "fit", energy_scale="fit").double()
+    with pytest.raises(RuntimeError, match="energy_scale and reference_energies .* never "
+                                           "fitted"):
+        model(water())
+    fitted = model.fit_statistics(items)
+    assert fitted["reference_energies"] == {1: pytest.approx(-0.5), 8: pytest.approx(-2.0)}
+    assert fitted["energy_scale"] == pytest.approx((25 / 21) ** 0.5)
+    assert model.energy_scale == pytest.approx((25 / 21) ** 0.5)
+    assert model.reference_energies.tolist() == pytest.approx([-0.5, -2.0])
+    assert model.init_args["energy_scale"] == pytest.approx((25 / 21) ** 0.5)
+    assert model.init_args["reference_energies"] == {1: pytest.approx(-0.5),
+                                                     8: pytest.approx(-2.0)}
+    model(water())  # fitted: runs
+    given = EnergyForceModel(TPNET, [1, 8], {1: 1.0, 8: 2.0}, energy_scale="fit")
+    assert given.fit_statistics(items)["reference_energies"] == {1: 1.0, 8: 2.0}  # kept
+    with pytest.raises(ValueError, match="'fit'"):
+        EnergyForceModel(TPNET, [1, 8], "average")

@@ -8,7 +8,7 @@ from torch_geometric.data import Batch
 
 from relaxgnn.data import fully_connected_edges, segnn_attributes
 from relaxgnn.dtype import default_dtype
-from relaxgnn.nn import EGNNConv, SEGNNConv, TensorProductConv
+from relaxgnn.nn import EGNNConv, ManyBodyConv, SEGNNConv, TensorProductConv
 from relaxgnn.symmetry import Signature, equivariance_error
 
 
@@ -24,6 +24,11 @@ class LayerProbe(torch.nn.Module):
         elif kind == "SEGNNConv":
             self.layer = SEGNNConv("2x0e+1x1o", irreps_hidden="4x0e+2x1o", relax=relax)
             irreps_x, out, translates = "2x0e+1x1o", "2x0e+1x1o", False
+        elif kind == "ManyBodyConv":
+            self.layer = ManyBodyConv("2x0e+1x1o", "2x0e+2x1o", num_elements=1, channels=2,
+                                      lmax=2, correlation=2, cutoff=4.0, radial_hidden=8,
+                                      relax=relax)
+            irreps_x, out, translates = "2x0e+1x1o", "2x0e+2x1o", False
         else:
             self.layer = TensorProductConv("2x0e+1x1o", "2x0e+1x1o+1x1e", cutoff=4.0,
                                            irreps_node_attr="1x0e", relax=relax)
@@ -56,7 +61,8 @@ def batch(kind):
 
 
 @pytest.mark.parametrize("relax", ["linear", "mlp"])
-@pytest.mark.parametrize("kind", ["EGNNConv", "SEGNNConv", "TensorProductConv"])
+@pytest.mark.parametrize("kind", ["EGNNConv", "SEGNNConv", "TensorProductConv",
+                                  "ManyBodyConv"])
 def test_relaxed_layer(kind, relax):
     plain, relaxed = build(kind, None), build(kind, relax)
     data = batch(kind)

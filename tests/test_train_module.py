@@ -296,3 +296,72 @@ def test_compiled_training_matches_eager(tmp_path):
 def test_compile_model_refuses_a_force_field():
     with pytest.raises(ValueError, match="differentiates the model twice"):
         RelaxGNNModule(egnn(None), task="energy_forces", compile_model=True)
+
+
+def test_force_field_recipe_fit_statistics_per_atom_loss_and_stage_two(tmp_path):
+    """relaxgnn fit resolves 'fit' statistics on the training split; the per-atom energy
+    loss is ((E - E_true)/N)²; StageTwo switches the training weights and the learning rate at
+    its epoch while validation keeps the module's weights."""
+    from relaxgnn.models import EnergyForceModel, fit_reference_energies
+    from relaxgnn.train import StageTwo
+
+    L.seed_everything(0)
+    net = TPNet(atomic_numbers=[1, 6, 8], irreps_hidden="4x0e+2x1o", num_layers=1, cutoff=4.0,
+                output="node")
+    model = EnergyForceModel(net, [1, 6, 8], "fit", energy_scale="fit")
+    module = RelaxGNNModule(model, task="energy_forces", energy_loss="per_atom",
+                            energy_weight=2.0, force_weight=3.0,
+                            optimizer=lambda p: torch.optim.Adam(p, lr=5e-3))
+    data = GraphDataModule(dataset=molecules(20), split=[12, 4, 4], batch_size=4)
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, *args):
+            seen.append((trainer.current_epoch, pl_module.loss_weights,
+                         trainer.optimizers[0].param_groups[0]["lr"]))
+
+    make_trainer(tmp_path, [StageTwo(start=0.5, energy_weight=7.0, force_weight=1.0,
+                                     lr=1e-4), Spy()], max_epochs=4).fit(module, data)
+    train = [data.train_set[i] for i in range(len(data.train_set))]
+    refs = fit_reference_energies(train, [1, 6, 8])
+    assert model.reference_energies.tolist() == pytest.approx([refs[z] for z in (1, 6, 8)])
+    rms = torch.cat([d.forces.reshape(-1) for d in train]).double().pow(2).mean().sqrt()
+    assert model.energy_scale == pytest.approx(float(rms))
+    assert {(e, w, lr) for e, w, lr in seen if e < 2} == {(0, (2.0, 3.0), 5e-3),
+                                                        (1, (2.0, 3.0), 5e-3)}
+    assert {(e, w) for e, w, _ in seen if e >= 2} == {(2, (7.0, 1.0)), (3, (7.0, 1.0))}
+    assert {lr for e, _, lr in seen if e >= 2} == {1e-4}
+
+    batch = next(iter(data.val_dataloader()))
+    energy, forces = model.energy_and_forces(batch)
+    atoms = torch.bincount(batch.batch).to(energy)
+    expected = 2.0 * ((energy - batch.energy.reshape(-1)) / atoms).pow(2).mean() \
+        + 3.0 * (forces - batch.forces).pow(2).mean()
+    assert module._losses(batch, training=False)["loss"].item() == pytest.approx(
+        expected.item(), rel=1e-5)
+    module.loss_weights = (7.0, 1.0)  # training uses the stage's weights
+    expected = 7.0 * ((energy - batch.energy.reshape(-1)) / atoms).pow(2).mean() \
+        + 1.0 * (forces - batch.forces).pow(2).mean()
+    assert module._losses(batch, training=True)["loss"].item() == pytest.approx(
+        expected.item(), rel=1e-5)
+
+
+def test_ema_warmup_follows_the_decay_schedule():
+    """With warm-up the decay of update t is min(d, (1 + t)/(10 + t)) (torch_ema's, MACE's);
+    without it, d. The first update copies the weights; the count survives a checkpoint."""
+    w = torch.nn.Parameter(torch.zeros(2))
+    module = torch.nn.Module()
+    module.w = w
+    for warmup in (True, False):
+        ema, expected = EMA(decay=0.9, warmup=warmup), None
+        for t in range(30):
+            with torch.no_grad():
+                w.fill_(float(t + 1))
+            decay = min(0.9, (1 + t) / (10 + t)) if warmup else 0.9
+            expected = w.detach().clone() if expected is None else \
+                decay * expected + (1 - decay) * w.detach()
+            ema.on_train_batch_end(None, module)
+            torch.testing.assert_close(ema.shadow["w"], expected)
+        restored = EMA(decay=0.9)
+        restored.load_state_dict(ema.state_dict())
+        assert (restored.updates, restored.warmup) == (30, warmup)

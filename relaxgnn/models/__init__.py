@@ -5,13 +5,14 @@ from .energy import EnergyForceModel, fit_reference_energies
 from .forces import energy_and_forces
 from .inputs import GraphInputs
 from .io import build_model, load_model, model_spec, register_model, save_model
+from .mace import MACENet
 from .pooling import pool
 from .segnn import SEGNN
 from .tpnet import TPNet, hidden_irreps
 from .vndgcnn import VNDGCNN
 
 # the classes model files and checkpoints may name (nothing else is ever built from a file)
-for _cls in (EGNN, SEGNN, TPNet, VNDGCNN, EnergyForceModel):
+for _cls in (EGNN, SEGNN, TPNet, MACENet, VNDGCNN, EnergyForceModel):
     register_model(_cls, f"relaxgnn.models.{_cls.__name__}")
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "fit_reference_energies",
     "SEGNN",
     "GraphInputs",
+    "MACENet",
     "TPNet",
     "VNDGCNN",
     "build_model",

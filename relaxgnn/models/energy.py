@@ -16,7 +16,7 @@ work on the whole model.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -56,10 +56,13 @@ class EnergyForceModel(nn.Module):
             error that names it.
         reference_energies: ``{Z: e_Z}`` in the energy unit of the data (keys may be strings,
             as in a saved file); every element of ``atomic_numbers`` needs one. ``None``: all 0.
-            They are a float64 buffer (whatever the model's dtype), not trained, and are
-            recorded with the constructor arguments (not in the state dict).
-        energy_scale: :math:`s`, the scale of the network's output (e.g. the training forces'
-            RMS), so that the network works with numbers of order 1.
+            ``"fit"``: fitted on the training set by :meth:`fit_statistics` (least squares,
+            :func:`fit_reference_energies`; ``relaxgnn fit`` does it before training, MACE's
+            ``E0s="average"``). They are a float64 buffer (whatever the model's dtype), not
+            trained, and are recorded with the constructor arguments (not in the state dict).
+        energy_scale: :math:`s`, the scale of the network's output, so that the network works
+            with numbers of order 1; ``"fit"``: the RMS of the training forces
+            (:meth:`fit_statistics`; MACE's ``rms_forces_scaling``).
         relax: relaxation paths for a network given as a spec: when not ``None`` it replaces
             the spec's ``relax``. After :func:`~relaxgnn.relax.project` the model is recorded
             with ``relax=None`` (here and in the network's spec).
@@ -73,8 +76,8 @@ class EnergyForceModel(nn.Module):
         self,
         network: Mapping[str, Any] | nn.Module,
         atomic_numbers: Sequence[int],
-        reference_energies: Mapping[int, float] | None = None,
-        energy_scale: float = 1.0,
+        reference_energies: Mapping[int, float] | Literal["fit"] | None = None,
+        energy_scale: float | Literal["fit"] = 1.0,
         relax: RelaxConfig | str | Mapping | None = None,
     ) -> None:
         super().__init__()
@@ -82,14 +85,36 @@ class EnergyForceModel(nn.Module):
         if not elements or len(set(elements)) != len(elements) or min(elements) < 1:
             raise ValueError(f"atomic_numbers must be distinct positive integers, got "
                              f"{list(atomic_numbers)}")
-        if not np.isfinite(energy_scale) or energy_scale == 0:
-            raise ValueError(f"energy_scale must be finite and non-zero, got {energy_scale}")
         self.atomic_numbers = elements
         self.network = self._build(network, elements, relax)
         self._check_network()
-        self.energy_scale = float(energy_scale)
         self.relax = getattr(self.network, "relax", None)
+        self.register_buffer("reference_energies", torch.zeros(len(elements),
+                                                               dtype=torch.float64),
+                             persistent=False)
+        table = torch.full((max(elements) + 1,), -1, dtype=torch.long)
+        table[torch.tensor(elements)] = torch.arange(len(elements))
+        self.register_buffer("species_index", table, persistent=False)
+        self.unfitted: set[str] = set()
+        self.set_statistics(reference_energies, energy_scale)
 
+    def set_statistics(self, reference_energies: Mapping[int, float] | Literal["fit"] | None,
+                       energy_scale: float | Literal["fit"]) -> None:
+        """Set the reference energies and the scale (as the constructor's arguments; recorded
+        in the model file's constructor arguments)."""
+        self.unfitted = {name for name, value in (("reference_energies", reference_energies),
+                                                  ("energy_scale", energy_scale))
+                         if isinstance(value, str)}
+        for name, value in (("reference_energies", reference_energies),
+                            ("energy_scale", energy_scale)):
+            if isinstance(value, str) and value != "fit":
+                raise ValueError(f"{name} must be a number, a mapping or 'fit', got {value!r}")
+        if energy_scale != "fit" and (not np.isfinite(energy_scale) or energy_scale == 0):
+            raise ValueError(f"energy_scale must be finite and non-zero, got {energy_scale}")
+        self.energy_scale = 1.0 if energy_scale == "fit" else float(energy_scale)
+        elements = self.atomic_numbers
+        if reference_energies == "fit":
+            reference_energies = None
         references = {int(z): float(e) for z, e in (reference_energies or {}).items()}
         unknown = sorted(set(references) - set(elements))
         if unknown:
@@ -104,12 +129,37 @@ class EnergyForceModel(nn.Module):
         # Not in the state dict: the constructor arguments (the model file's init_args) hold
         # them, and the state dict stays that of the network (its dtype is the model's).
         self._reference_values = [references.get(z, 0.0) for z in elements]
-        self.register_buffer("reference_energies",
-                             torch.tensor(self._reference_values, dtype=torch.float64),
-                             persistent=False)
-        table = torch.full((max(elements) + 1,), -1, dtype=torch.long)
-        table[torch.tensor(elements)] = torch.arange(len(elements))
-        self.register_buffer("species_index", table, persistent=False)
+        self.reference_energies = torch.tensor(self._reference_values, dtype=torch.float64,
+                                               device=self.reference_energies.device)
+        recorded = self.__dict__.get("_recorded_args")
+        if recorded is not None:  # what a model file records: the numbers, once fitted
+            recorded["reference_energies"] = ("fit" if "reference_energies" in self.unfitted
+                                              else dict(zip(elements, self._reference_values,
+                                                            strict=True)))
+            recorded["energy_scale"] = ("fit" if "energy_scale" in self.unfitted
+                                        else self.energy_scale)
+
+    def fit_statistics(self, dataset: Iterable[Data], energy_field: str = "energy",
+                       forces_field: str = "forces") -> dict[str, Any]:
+        r"""Resolve the ``"fit"`` arguments on a training set: reference energies by least
+        squares (:func:`fit_reference_energies`), the scale as the forces' RMS
+        :math:`\sqrt{\langle F^2 \rangle}` over all atoms and components. Returns
+        what was set; arguments given as numbers are left as they are."""
+        items = list(dataset)
+        refs: Any = dict(zip(self.atomic_numbers, self._reference_values, strict=True))
+        scale: Any = self.energy_scale
+        if "reference_energies" in self.unfitted:
+            refs = fit_reference_energies(items, self.atomic_numbers, energy_field)
+        if "energy_scale" in self.unfitted:
+            forces = [getattr(item, forces_field, None) for item in items]
+            if not forces or any(f is None for f in forces):
+                raise ValueError(f"energy_scale='fit' needs `{forces_field}` in every item")
+            squares = torch.cat([f.reshape(-1).double() for f in forces]).pow(2)
+            scale = float(squares.mean().sqrt())
+            if scale == 0:
+                raise ValueError("energy_scale='fit': the training forces are all zero")
+        self.set_statistics(refs, scale)
+        return {"reference_energies": refs, "energy_scale": scale}
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -200,12 +250,19 @@ class EnergyForceModel(nn.Module):
                              f"energy model (atomic_numbers {self.atomic_numbers})")
         return index
 
+    def _check_fitted(self) -> None:
+        if self.unfitted:
+            raise RuntimeError(
+                f"{' and '.join(sorted(self.unfitted))} of the energy model are 'fit' but were "
+                "never fitted: call fit_statistics(training set) first (relaxgnn fit does)")
+
     def atomic_energies(self, data: Data) -> Tensor:
         r"""Per-atom energies :math:`s\,\varepsilon_i + e_{Z_i}`, ``(N,)`` (node-level
         networks only)."""
         if self.network.signature.level != "node":
             raise ValueError(f"{type(self.network).__name__} outputs one value per molecule; "
                              "per-atom energies need output='node'")
+        self._check_fitted()
         species = self._species(getattr(data, "z", None), data.pos.shape[0])
         eps = self.network(data).reshape(-1)
         return self.energy_scale * eps + self.reference_energies.to(eps)[species]
@@ -216,6 +273,7 @@ class EnergyForceModel(nn.Module):
         batch = getattr(data, "batch", None)
         if self.network.signature.level == "node":
             return pool(self.atomic_energies(data).unsqueeze(-1), batch, "sum", num_graphs)
+        self._check_fitted()
         species = self._species(getattr(data, "z", None), data.pos.shape[0])
         out = self.network(data).reshape(-1, 1)
         ref = pool(self.reference_energies.to(out)[species].unsqueeze(-1), batch, "sum",

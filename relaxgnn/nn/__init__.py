@@ -1,10 +1,12 @@
 """PyG message-passing layers (E(3)-equivariant) and their building blocks."""
 
 from .egnn_conv import EGNNConv
+from .mace_conv import ManyBodyConv
 from .mlp import MLP
 from .o3_blocks import O3TensorProduct, O3TensorProductGate, balanced_irreps
 from .radial import BesselBasis, PolynomialCutoff
 from .segnn_conv import SEGNNConv
+from .symmetric_contraction import SymmetricContraction, symmetric_couplings
 from .tp_conv import TensorProductConv
 from .vector_neurons import (
     VNBatchNorm,
@@ -18,12 +20,14 @@ from .vn_edge_conv import VNEdgeConv
 
 __all__ = [
     "MLP",
+    "ManyBodyConv",
     "BesselBasis",
     "EGNNConv",
     "O3TensorProduct",
     "O3TensorProductGate",
     "PolynomialCutoff",
     "SEGNNConv",
+    "SymmetricContraction",
     "TensorProductConv",
     "VNBatchNorm",
     "VNEdgeConv",
@@ -33,4 +37,5 @@ __all__ = [
     "VNStdFeature",
     "vn_leaky_relu",
     "balanced_irreps",
+    "symmetric_couplings",
 ]

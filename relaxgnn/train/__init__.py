@@ -1,6 +1,6 @@
 """Training on PyTorch Lightning: the only place relaxgnn imports Lightning."""
 
-from .callbacks import EMA, EquivarianceMonitor, ExportModel, ValidateLastEpoch
+from .callbacks import EMA, EquivarianceMonitor, ExportModel, StageTwo, ValidateLastEpoch
 from .checkpoint_io import AtomicCheckpointIO
 from .datamodule import EpochSampler, GraphDataModule
 from .module import RelaxGNNModule
@@ -10,6 +10,7 @@ from .relaxation import Relax
 
 __all__ = [
     "EMA",
+    "StageTwo",
     "AtomicCheckpointIO",
     "EpochSampler",
     "EquivarianceMonitor",

@@ -122,8 +122,12 @@ class ValidateLastEpoch(Callback):
 
 class EMA(Callback):
     r"""Exponential moving average of the weights,
-    :math:`\bar w \leftarrow d\,\bar w + (1 - d)\,w` after every optimizer step; validation, test
-    and the end of ``fit`` use :math:`\bar w`.
+    :math:`\bar w \leftarrow d_t\,\bar w + (1 - d_t)\,w` after every optimizer step;
+    validation, test and the end of ``fit`` use :math:`\bar w`. With ``warmup`` (the default,
+    as ``torch_ema`` and MACE) the decay grows with the number of updates :math:`t`,
+    :math:`d_t = \min(d, (1 + t)/(10 + t))`, so that the average does not hold on to the
+    untrained initial weights for its first :math:`\sim 1/(1-d)` steps (with :math:`d = 0.99`
+    a constant decay keeps 37 % of the initial weights after 100 steps).
 
     It averages *parameters by name* only. Lightning's ``EMAWeightAveraging`` pairs parameters
     and buffers of a deep copy by position, which fails for e3nn modules: a deep-copied e3nn
@@ -131,23 +135,33 @@ class EMA(Callback):
     coefficients, masks) are not learned, so there is nothing to average in them.
     """
 
-    def __init__(self, decay: float = 0.999) -> None:
+    def __init__(self, decay: float = 0.999, warmup: bool = True) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         self.decay = decay
+        self.warmup = warmup
+        self.updates = 0
         self.shadow: dict[str, torch.Tensor] = {}
         self._backup: dict[str, torch.Tensor] = {}
 
     def _params(self, pl_module: LightningModule) -> dict[str, torch.Tensor]:
         return {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
 
+    def current_decay(self) -> float:
+        """:math:`d_t` for the next update."""
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
     @torch.no_grad()
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
+        decay = self.current_decay()
         for name, p in self._params(pl_module).items():
             if name not in self.shadow:
                 self.shadow[name] = p.detach().clone()
             else:
-                self.shadow[name].lerp_(p.detach(), 1.0 - self.decay)
+                self.shadow[name].lerp_(p.detach(), 1.0 - decay)
+        self.updates += 1
 
     @torch.no_grad()
     def _swap(self, pl_module: LightningModule) -> None:
@@ -172,8 +186,58 @@ class EMA(Callback):
                 p.copy_(self.shadow[name])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "shadow": self.shadow}
+        return {"decay": self.decay, "shadow": self.shadow, "updates": self.updates,
+                "warmup": self.warmup}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.decay = state["decay"]
         self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+        self.updates = state.get("updates", 0)  # checkpoints written before the warm-up
+        self.warmup = state.get("warmup", False)
+
+
+class StageTwo(Callback):
+    r"""MACE's second training stage: from epoch ``start`` on, the training loss weights become
+    ``(energy_weight, force_weight)`` (MACE: 1000 and 100, with ``energy_loss="per_atom"``)
+    and the learning rate of every parameter group ``lr`` (MACE's ``swa_lr``, 1e-3), so that
+    the last epochs refine the energies. Validation and test keep the module's own weights, so
+    ``val/loss`` stays comparable across the switch (checkpoints and plateau schedulers).
+
+    Args:
+        start: the first epoch of stage two; a float in (0, 1) is a fraction of
+            ``max_epochs`` (MACE's default is ``max_epochs // 4 * 3``, here ``0.75``).
+        energy_weight, force_weight: the training loss weights of stage two.
+        lr: the learning rate set at the switch (``None``: unchanged).
+
+    The switch is made once, at the start of epoch ``start`` (a run resumed after it restores
+    the optimizer's rates from the checkpoint and only sets the weights again).
+    """
+
+    def __init__(self, start: float = 0.75, energy_weight: float = 1000.0,
+                 force_weight: float = 100.0, lr: float | None = 1e-3) -> None:
+        if start <= 0 or (isinstance(start, float) and not start.is_integer() and start >= 1):
+            raise ValueError(f"start must be an epoch >= 1 or a fraction in (0, 1), got {start}")
+        if lr is not None and lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        self.start = start
+        self.weights = (float(energy_weight), float(force_weight))
+        self.lr = lr
+
+    def first_epoch(self, trainer: Trainer) -> int:
+        if self.start >= 1:
+            return int(self.start)
+        if trainer.max_epochs is None or trainer.max_epochs < 0:
+            raise ValueError("StageTwo with a fractional start needs trainer.max_epochs")
+        return max(1, int(self.start * trainer.max_epochs))
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        first = self.first_epoch(trainer)
+        if trainer.current_epoch < first:
+            return
+        pl_module.loss_weights = self.weights
+        if trainer.current_epoch == first and self.lr is not None:
+            for optimizer in trainer.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = self.lr
+            rank_zero_info(f"stage two from epoch {first}: loss weights (energy, forces) "
+                           f"{self.weights}, learning rate {self.lr}")

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
@@ -59,7 +60,11 @@ class RelaxGNNModule(LightningModule):
         atomref: graph task: per-element reference values ``{Z: e_Z}`` subtracted before
             normalising (QM9's atom references for energies).
         energy_field, forces_field: data fields of the energy-and-force task.
-        energy_weight, force_weight: loss weights of the energy-and-force task.
+        energy_weight, force_weight: loss weights of the energy-and-force task. Validation and
+            test always use these; training uses :attr:`loss_weights`, which the
+            :class:`~relaxgnn.train.StageTwo` callback changes late in training.
+        energy_loss: ``"total"``: the energy term is the MSE of the molecules' energies;
+            ``"per_atom"``: of the energies divided by the number of atoms (MACE's).
         random_rotation: rotate every training batch (inputs and targets) by a random rotation
             drawn from ``(seed, global step)``: deterministic, so resumed runs match.
         seed: seed of the augmentation rotations.
@@ -87,6 +92,7 @@ class RelaxGNNModule(LightningModule):
         forces_field: str = "forces",
         energy_weight: float = 1.0,
         force_weight: float = 100.0,
+        energy_loss: Literal["total", "per_atom"] = "total",
         label_smoothing: float = 0.0,
         random_rotation: bool = False,
         seed: int = 0,
@@ -105,7 +111,10 @@ class RelaxGNNModule(LightningModule):
             raise ValueError("compile_model cannot train a force field: the force loss "
                              "differentiates the model twice (create_graph), which "
                              "torch.compile does not support; leave compile_model off")
+        if energy_loss not in ("total", "per_atom"):
+            raise ValueError(f"energy_loss must be 'total' or 'per_atom', got {energy_loss!r}")
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
+        self.loss_weights = (float(energy_weight), float(force_weight))  # (energy, forces)
         self.model = model
         # the compiled callable shares the model's parameters; kept out of the module tree so
         # that the state dict and the callbacks see only `model`
@@ -133,6 +142,11 @@ class RelaxGNNModule(LightningModule):
                                 for b in datamodule.train_targets()])
             self.target_mean.fill_(float(values.mean()))
             self.target_std.fill_(float(values.std()) if values.numel() > 1 else 1.0)
+        if stage == "fit" and getattr(self.model, "unfitted", None):
+            fitted = self.model.fit_statistics(datamodule.train_set, self.hparams.energy_field,
+                                               self.hparams.forces_field)
+            rank_zero_info("fitted on the training set: " + ", ".join(
+                f"{k} {v}" for k, v in fitted.items()))
 
     def check_sample(self, sample: Any) -> None:
         """Fail before training when the data lack what the task reads."""
@@ -197,8 +211,15 @@ class RelaxGNNModule(LightningModule):
                 energy, forces = energy_and_forces(self.model, batch, training=training)
             e_true = getattr(batch, hp.energy_field).reshape(-1).to(energy)
             f_true = getattr(batch, hp.forces_field).to(forces)
-            loss = hp.energy_weight * (energy - e_true).pow(2).mean() \
-                + hp.force_weight * (forces - f_true).pow(2).mean()
+            e_weight, f_weight = self.loss_weights if training else (hp.energy_weight,
+                                                                     hp.force_weight)
+            e_error = energy - e_true
+            if hp.energy_loss == "per_atom":
+                index = getattr(batch, "batch", None)
+                atoms = (torch.bincount(index, minlength=energy.shape[0]) if index is not None
+                         else torch.full_like(energy, batch.num_nodes))
+                e_error = e_error / atoms.to(energy)
+            loss = e_weight * e_error.pow(2).mean() + f_weight * (forces - f_true).pow(2).mean()
             unit, factor = MILLI.get(hp.target_unit or "eV", (hp.target_unit, 1.0))
             return {"loss": loss,
                     f"energy_mae_{unit}": (energy - e_true).abs().mean() * factor,
@@ -342,6 +363,11 @@ class RelaxGNNModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("relaxgnn_model")
+        if saved is not None and getattr(self.model, "unfitted", None):
+            # statistics fitted in the run that wrote the checkpoint (test/validate from it)
+            args = saved["init_args"]
+            self.model.set_statistics(args.get("reference_energies"),
+                                      args.get("energy_scale", 1.0))
         if saved is not None:
             ours = model_spec(self.model)
             if saved["class_path"] != ours["class_path"] or _arch(saved) != _arch(ours):
