@@ -253,8 +253,8 @@ def test_fit_statistics_resolves_fit_against_hand_computed_values():
     assert model.energy_scale == pytest.approx((25 / 21) ** 0.5)
     assert model.reference_energies.tolist() == pytest.approx([-0.5, -2.0])
     assert model.init_args["energy_scale"] == pytest.approx((25 / 21) ** 0.5)
-    assert model.init_args["reference_energies"] == {1: pytest.approx(-0.5),
-                                                     8: pytest.approx(-2.0)}
+    assert model.init_args["reference_energies"] == {"1": pytest.approx(-0.5),
+                                                     "8": pytest.approx(-2.0)}
     model(water())  # fitted: runs
     given = EnergyForceModel(TPNET, [1, 8], {1: 1.0, 8: 2.0}, energy_scale="fit")
     assert given.fit_statistics(items)["reference_energies"] == {1: 1.0, 8: 2.0}  # kept

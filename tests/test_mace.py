@@ -237,3 +237,22 @@ def test_model_file_round_trip(tmp_path):
     loaded = load_model(path)
     data = molecules()
     torch.testing.assert_close(loaded(data), model(data), rtol=0, atol=0)
+
+
+def test_avg_num_neighbors_fitted_on_the_training_set():
+    """avg_num_neighbors='fit': three atoms 1 Å apart on a line with a 1.5 Å cutoff have
+    1 + 2 + 1 neighbours, a lone atom none: 4 / 4 = 1.0; set in every layer and recorded."""
+    from torch_geometric.data import Data
+
+    line = Data(pos=torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [2.0, 0, 0]]),
+                z=torch.tensor([1, 6, 1]))
+    lone = Data(pos=torch.zeros(1, 3), z=torch.tensor([8]))
+    net = MACENet(SPECIES, channels=2, num_layers=2, cutoff=1.5, avg_num_neighbors="fit")
+    model = EnergyForceModel(net, SPECIES, "fit", energy_scale=1.0)
+    assert model.unfitted == {"avg_num_neighbors", "reference_energies"}
+    for item, energy in ((line, -3.0), (lone, -2.0)):
+        item.energy, item.forces = torch.tensor([energy]), torch.zeros(item.num_nodes, 3)
+    fitted = model.fit_statistics([line, lone])
+    assert fitted["avg_num_neighbors"] == pytest.approx(1.0)
+    assert [layer.avg_num_neighbors for layer in net.layers] == [1.0, 1.0]
+    assert net.init_args["avg_num_neighbors"] == 1.0 and not model.unfitted

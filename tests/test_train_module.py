@@ -320,8 +320,9 @@ def test_force_field_recipe_fit_statistics_per_atom_loss_and_stage_two(tmp_path)
             seen.append((trainer.current_epoch, pl_module.loss_weights,
                          trainer.optimizers[0].param_groups[0]["lr"]))
 
-    make_trainer(tmp_path, [StageTwo(start=0.5, energy_weight=7.0, force_weight=1.0,
-                                     lr=1e-4), Spy()], max_epochs=4).fit(module, data)
+    trainer = make_trainer(tmp_path, [StageTwo(start=0.5, energy_weight=7.0, force_weight=1.0,
+                                               lr=1e-4), Spy()], max_epochs=4)
+    trainer.fit(module, data)
     train = [data.train_set[i] for i in range(len(data.train_set))]
     refs = fit_reference_energies(train, [1, 6, 8])
     assert model.reference_energies.tolist() == pytest.approx([refs[z] for z in (1, 6, 8)])
@@ -339,6 +340,18 @@ def test_force_field_recipe_fit_statistics_per_atom_loss_and_stage_two(tmp_path)
         + 3.0 * (forces - batch.forces).pow(2).mean()
     assert module._losses(batch, training=False)["loss"].item() == pytest.approx(
         expected.item(), rel=1e-5)
+    # evaluating a checkpoint with a fresh, unfitted model adopts the fitted statistics
+    fresh = RelaxGNNModule(EnergyForceModel(TPNet(atomic_numbers=[1, 6, 8],
+                                                  irreps_hidden="4x0e+2x1o", num_layers=1,
+                                                  cutoff=4.0, output="node"),
+                                            [1, 6, 8], "fit", energy_scale="fit"),
+                           task="energy_forces", energy_loss="per_atom", energy_weight=2.0,
+                           force_weight=3.0)
+    ckpt = str(tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt")
+    again = make_trainer(tmp_path).validate(fresh, data, ckpt_path=ckpt, verbose=False)[0]
+    assert fresh.model.energy_scale == model.energy_scale and not fresh.model.unfitted
+    assert fresh.model.reference_energies.tolist() == model.reference_energies.tolist()
+    assert again["val/loss"] > 0
     module.loss_weights = (7.0, 1.0)  # training uses the stage's weights
     expected = 7.0 * ((energy - batch.energy.reshape(-1)) / atoms).pow(2).mean() \
         + 1.0 * (forces - batch.forces).pow(2).mean()

@@ -95,16 +95,22 @@ class EnergyForceModel(nn.Module):
         table = torch.full((max(elements) + 1,), -1, dtype=torch.long)
         table[torch.tensor(elements)] = torch.arange(len(elements))
         self.register_buffer("species_index", table, persistent=False)
-        self.unfitted: set[str] = set()
+        self._unfitted: set[str] = set()
         self.set_statistics(reference_energies, energy_scale)
+
+    @property
+    def unfitted(self) -> set[str]:
+        """The ``"fit"`` arguments not yet fitted, the network's included (e.g. MACENet's
+        ``avg_num_neighbors``)."""
+        return self._unfitted | set(getattr(self.network, "unfitted", set()))
 
     def set_statistics(self, reference_energies: Mapping[int, float] | Literal["fit"] | None,
                        energy_scale: float | Literal["fit"]) -> None:
         """Set the reference energies and the scale (as the constructor's arguments; recorded
         in the model file's constructor arguments)."""
-        self.unfitted = {name for name, value in (("reference_energies", reference_energies),
-                                                  ("energy_scale", energy_scale))
-                         if isinstance(value, str)}
+        self._unfitted = {name for name, value in (("reference_energies", reference_energies),
+                                                   ("energy_scale", energy_scale))
+                          if isinstance(value, str)}
         for name, value in (("reference_energies", reference_energies),
                             ("energy_scale", energy_scale)):
             if isinstance(value, str) and value != "fit":
@@ -133,24 +139,28 @@ class EnergyForceModel(nn.Module):
                                                device=self.reference_energies.device)
         recorded = self.__dict__.get("_recorded_args")
         if recorded is not None:  # what a model file records: the numbers, once fitted
-            recorded["reference_energies"] = ("fit" if "reference_energies" in self.unfitted
-                                              else dict(zip(elements, self._reference_values,
-                                                            strict=True)))
-            recorded["energy_scale"] = ("fit" if "energy_scale" in self.unfitted
+            recorded["reference_energies"] = (
+                "fit" if "reference_energies" in self._unfitted
+                else {str(z): e for z, e in zip(elements, self._reference_values, strict=True)})
+            recorded["energy_scale"] = ("fit" if "energy_scale" in self._unfitted
                                         else self.energy_scale)
 
     def fit_statistics(self, dataset: Iterable[Data], energy_field: str = "energy",
                        forces_field: str = "forces") -> dict[str, Any]:
         r"""Resolve the ``"fit"`` arguments on a training set: reference energies by least
         squares (:func:`fit_reference_energies`), the scale as the forces' RMS
-        :math:`\sqrt{\langle F^2 \rangle}` over all atoms and components. Returns
-        what was set; arguments given as numbers are left as they are."""
+        :math:`\sqrt{\langle F^2 \rangle}` over all atoms and components, and the network's
+        own (its ``fit_statistics``, e.g. MACENet's ``avg_num_neighbors``). Returns what was
+        set; arguments given as numbers are left as they are."""
         items = list(dataset)
+        fitted: dict[str, Any] = {}
+        if getattr(self.network, "unfitted", None):
+            fitted.update(self.network.fit_statistics(items))
         refs: Any = dict(zip(self.atomic_numbers, self._reference_values, strict=True))
         scale: Any = self.energy_scale
-        if "reference_energies" in self.unfitted:
+        if "reference_energies" in self._unfitted:
             refs = fit_reference_energies(items, self.atomic_numbers, energy_field)
-        if "energy_scale" in self.unfitted:
+        if "energy_scale" in self._unfitted:
             forces = [getattr(item, forces_field, None) for item in items]
             if not forces or any(f is None for f in forces):
                 raise ValueError(f"energy_scale='fit' needs `{forces_field}` in every item")
@@ -159,7 +169,7 @@ class EnergyForceModel(nn.Module):
             if scale == 0:
                 raise ValueError("energy_scale='fit': the training forces are all zero")
         self.set_statistics(refs, scale)
-        return {"reference_energies": refs, "energy_scale": scale}
+        return {**fitted, "reference_energies": refs, "energy_scale": scale}
 
     # ------------------------------------------------------------------ construction
     @staticmethod

@@ -3,7 +3,7 @@ readout after every layer (per-atom energies summed per molecule; forces by auto
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -11,6 +11,7 @@ from e3nn import o3
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
+from ..geometry.neighbours import radius_edges
 from ..nn.checks import trusted_inputs
 from ..nn.mace_conv import ManyBodyConv
 from ..nn.tp_conv import reset_e3nn
@@ -63,7 +64,10 @@ class MACENet(nn.Module):
         cutoff: radius of the envelope and of the radius graph built (with vesin) when the data
             has no ``edge_index``.
         num_basis, radial_hidden, radial_layers: the radial part of each layer.
-        avg_num_neighbors: :math:`\bar n`; the atomic basis is divided by it.
+        avg_num_neighbors: :math:`\bar n`; the atomic basis is divided by it. ``"fit"``: the
+            mean number of neighbours within ``cutoff`` of the training set, set by
+            :meth:`fit_statistics` (``relaxgnn fit`` calls it through
+            :class:`~relaxgnn.models.EnergyForceModel`; MACE computes it so too).
         readout_hidden: width of the last readout's hidden layer.
         output: ``"node"`` or ``"graph"``.
         pooling: ``"sum"`` or ``"mean"`` for ``output="graph"``.
@@ -85,7 +89,7 @@ class MACENet(nn.Module):
         num_basis: int = 8,
         radial_hidden: int = 64,
         radial_layers: int = 3,
-        avg_num_neighbors: float = 1.0,
+        avg_num_neighbors: float | Literal["fit"] = 1.0,
         readout_hidden: int = 16,
         output: Output = "node",
         pooling: Pool = "sum",
@@ -113,14 +117,42 @@ class MACENet(nn.Module):
             last = t == num_layers - 1
             layer = ManyBodyConv(irreps, scalars if last else hidden, E, channels, lmax,
                                  correlation, num_basis, cutoff, radial_hidden, radial_layers,
-                                 avg_num_neighbors, residual=t > 0)
+                                 1.0 if avg_num_neighbors == "fit" else avg_num_neighbors,
+                                 residual=t > 0)
             self.layers.append(layer)
             irreps = layer.irreps_out
             self.readouts.append(_ScalarMLP(irreps, readout_hidden) if last
                                  else o3.Linear(irreps, o3.Irreps("1x0e")))
         self.irreps_out = o3.Irreps("1x0e")
+        self.unfitted = {"avg_num_neighbors"} if avg_num_neighbors == "fit" else set()
         self.relax = relax
         relax_layers(self, relax)
+
+    def fit_statistics(self, dataset: Iterable[Data]) -> dict[str, float]:
+        """Resolve ``avg_num_neighbors="fit"``: the mean number of neighbours within the cutoff
+        over the atoms of ``dataset`` (recorded in the model file's constructor arguments)."""
+        if "avg_num_neighbors" not in self.unfitted:
+            return {}
+        atoms = edges = 0
+        for item in dataset:
+            edge_index, _ = radius_edges(item.pos.double(), self.inputs.cutoff,
+                                         getattr(item, "batch", None))
+            atoms += item.pos.shape[0]
+            edges += edge_index.shape[1]
+        if atoms == 0:
+            raise ValueError("avg_num_neighbors='fit': the data set has no atoms")
+        value = max(edges / atoms, 1e-3)  # isolated atoms only: no neighbours to average
+        self.set_avg_num_neighbors(value)
+        return {"avg_num_neighbors": value}
+
+    def set_avg_num_neighbors(self, value: float) -> None:
+        """Set :math:`\bar n` in every layer (and in the recorded constructor arguments)."""
+        if not value > 0:
+            raise ValueError(f"avg_num_neighbors must be positive, got {value}")
+        for layer in self.layers:
+            layer.avg_num_neighbors = float(value)
+        self.unfitted = set()
+        self.init_args["avg_num_neighbors"] = float(value)
 
     def reset_parameters(self) -> None:
         for layer in self.layers:

@@ -368,6 +368,10 @@ class RelaxGNNModule(LightningModule):
             args = saved["init_args"]
             self.model.set_statistics(args.get("reference_energies"),
                                       args.get("energy_scale", 1.0))
+            network = getattr(self.model, "network", None)
+            saved_n = args.get("network", {}).get("init_args", {}).get("avg_num_neighbors")
+            if getattr(network, "unfitted", None) and isinstance(saved_n, (int, float)):
+                network.set_avg_num_neighbors(saved_n)
         if saved is not None:
             ours = model_spec(self.model)
             if saved["class_path"] != ours["class_path"] or _arch(saved) != _arch(ours):
