@@ -4,7 +4,8 @@ of the projected models on the test frames (meV, meV/Å), mean ± std over seeds
 run, the paired difference of each relaxed arm to its plain arm with a verdict, and a plot of
 the validation force MAE against epoch (machinery in ``compare.py``; resumable, side by side).
 
-Arms (configs, with the molecule's data file and split as overrides):
+Arms (configs, with the data set replaced by ``relaxgnn.data.MD17`` on the molecule's file,
+written to ``<out>/configs/``, and the split as an override):
     mace        configs/md_ethanol_mace.yaml            (plain MACENet)
     mace_CR     configs/md_ethanol_mace_relaxed.yaml    (scheduled relaxation, the paper's)
     tpnet       configs/md_ethanol_tpnet.yaml           (plain TPNet)
@@ -12,6 +13,13 @@ Arms (configs, with the molecule's data file and split as overrides):
     relaxgnn data md --molecule ethanol --steps 20000 --temperature 500 --sample-every 10
     .venv/bin/python benchmarks/force_field.py --molecule ethanol --arms mace tpnet \\
         --seeds 1 --epochs 10 --val-every 1 --jobs 2 --threads 1
+
+Aspirin (not in ASE's molecule set) starts from the first frame of the genuine MD17 sample
+``datasets/md/aspirin_15frames.extxyz``::
+
+    python -c "from ase.io import read; from relaxgnn.data.md_generate import generate_md; \\
+        generate_md(read('datasets/md/aspirin_15frames.extxyz', 0), \\
+        out='datasets/md/aspirin_xtb.npz', steps=20000, temperature=500.0, sample_every=10)"
 
 For scale (a different data set: DFT rMD17, 950 training frames, converged training), the
 published test MAE of MACE is 0.4 meV / 2.1 meV/Å on ethanol and 2.2 meV / 6.6 meV/Å on aspirin
@@ -21,8 +29,12 @@ published test MAE of MACE is 0.4 meV / 2.1 meV/Å on ethanol and 2.2 meV / 6.6 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+import yaml
 from compare import Experiment, add_common_arguments, compare
+
+from relaxgnn.atomic import atomic_write_text
 
 ARMS = {"mace": "md_ethanol_mace.yaml", "mace_CR": "md_ethanol_mace_relaxed.yaml",
         "tpnet": "md_ethanol_tpnet.yaml", "tpnet_CR": "md_ethanol_tpnet_relaxed.yaml"}
@@ -45,12 +57,23 @@ def main() -> None:
     args = parser.parse_args()
     data = args.data or f"datasets/md/{args.molecule}_xtb.npz"
 
-    def overrides(args: argparse.Namespace, seed: int) -> list[str]:
-        return [f"--data.dataset.init_args.path={data}",
-                f"--data.dataset.init_args.molecule={args.molecule}",
-                f"--data.split=[{args.train}, {args.val}, {args.test}]"]
+    if not Path(data).is_file():
+        parser.error(f"{data} does not exist: generate it first (see the docstring)")
 
-    arms = {("plain" if i == 0 else arm): ARMS[arm] for i, arm in enumerate(args.arms)}
+    def overrides(args: argparse.Namespace, seed: int) -> list[str]:
+        return [f"--data.split=[{args.train}, {args.val}, {args.test}]"]
+
+    configs = Path(args.out) / "configs"  # each arm's config reading the molecule's file
+    configs.mkdir(parents=True, exist_ok=True)
+    arms = {}
+    for i, arm in enumerate(args.arms):
+        config = yaml.safe_load((Path(args.configs) / ARMS[arm]).read_text())
+        config["data"]["dataset"] = {"class_path": "relaxgnn.data.MD17",
+                                     "init_args": {"path": str(Path(data).resolve())}}
+        name = f"{arm}_{args.molecule}.yaml"
+        atomic_write_text(configs / name, yaml.safe_dump(config, sort_keys=False))
+        arms["plain" if i == 0 else arm] = name
+    args.configs = str(configs)
     exp = Experiment(
         name=f"ff_{args.molecule}_{args.arms[0]}", overrides=overrides, arms=arms,
         metrics=[("test/energy_mae_meV", "energy MAE (meV)"),
