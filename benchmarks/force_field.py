@@ -50,12 +50,13 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=1000)
     parser.add_argument("--val", type=int, default=100)
     parser.add_argument("--test", type=int, default=500)
-    parser.add_argument("--out", default="runs/force_field")
+    parser.add_argument("--out", default=None, help="default runs/force_field/<molecule>")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=["mace", "mace_CR"],
                         help="the first is the reference the others are compared with")
     add_common_arguments(parser, epochs=10)
     args = parser.parse_args()
     data = args.data or f"datasets/md/{args.molecule}_xtb.npz"
+    args.out = args.out or f"runs/force_field/{args.molecule}"  # results are keyed by arm, seed
 
     if not Path(data).is_file():
         parser.error(f"{data} does not exist: generate it first (see the docstring)")
