@@ -256,3 +256,18 @@ def test_avg_num_neighbors_fitted_on_the_training_set():
     assert fitted["avg_num_neighbors"] == pytest.approx(1.0)
     assert [layer.avg_num_neighbors for layer in net.layers] == [1.0, 1.0]
     assert net.init_args["avg_num_neighbors"] == 1.0 and not model.unfitted
+
+
+@pytest.mark.parametrize("ir_out,order", [("0e", 2), ("1o", 2), ("0e", 3), ("1o", 3)])
+def test_mace_coupling_paths_span_the_reduced_couplings(ir_out, order):
+    """MACE's full set of coupling paths (reduced=False; 23 to 0e at order 3, as MACE has),
+    contracted with a symmetric A^{⊗ν}, spans exactly the reduced symmetric couplings."""
+    full = symmetric_couplings(BASIS, ir_out, order, reduced=False)
+    reduced = symmetric_couplings(BASIS, ir_out, order)
+    if (ir_out, order) == ("0e", 3):
+        assert full.shape[-1] == 23
+    symmetric = sum(full.permute(*perm, order, order + 1)
+                    for perm in itertools.permutations(range(order))).reshape(-1, full.shape[-1])
+    both = torch.cat([symmetric, reduced.reshape(-1, reduced.shape[-1])], 1)
+    rank = torch.linalg.matrix_rank(symmetric, atol=1e-9)
+    assert rank == reduced.shape[-1] == torch.linalg.matrix_rank(both, atol=1e-9)

@@ -60,6 +60,8 @@ class ManyBodyConv(MessagePassing, ExactWigner3j):
         avg_num_neighbors: :math:`\bar n`.
         residual: add :math:`\mathrm{SC}(h_i, a_i)` (MACE's residual block); ``False``: mix
             the atomic basis by element instead (MACE's first layer).
+        reduce_couplings: the product's couplings reduced to the independent symmetric ones
+            (default) or all of MACE's coupling paths (:class:`SymmetricContraction`).
         relax: shorthand for attaching :meth:`relaxation_placement`.
 
     Shapes:
@@ -83,6 +85,7 @@ class ManyBodyConv(MessagePassing, ExactWigner3j):
         radial_layers: int = 3,
         avg_num_neighbors: float = 1.0,
         residual: bool = True,
+        reduce_couplings: bool = True,
         relax: str | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(aggr="sum")
@@ -117,7 +120,7 @@ class ManyBodyConv(MessagePassing, ExactWigner3j):
             [num_basis] + radial_layers * [radial_hidden] + [self.tp.weight_numel], silu)
         self.linear_basis = o3.Linear(mid.simplify(), self.irreps_basis)
         self.product = SymmetricContraction(self.irreps_basis, self.irreps_out, correlation,
-                                            num_elements)
+                                            num_elements, reduce_couplings)
         self.linear_out = o3.Linear(self.irreps_out, self.irreps_out)
         self.sc = (o3.FullyConnectedTensorProduct(self.irreps_in, self.irreps_node_attr,
                                                   self.irreps_out) if residual else None)

@@ -36,7 +36,8 @@ from ..symmetry.irreps import IrrepsLike, as_irreps
 
 
 @lru_cache(maxsize=64)
-def symmetric_couplings(irreps_in: str, ir_out: str, correlation: int) -> Tensor:
+def symmetric_couplings(irreps_in: str, ir_out: str, correlation: int,
+                        reduced: bool = True) -> Tensor:
     r"""An orthonormal basis of the symmetric, equivariant ``correlation``-linear maps from the
     features ``irreps_in`` (dimension :math:`D`) to the irrep ``ir_out`` (dimension
     :math:`2L+1`), as a float64 tensor ``(D, ..., D, 2L+1, K)`` (``correlation`` axes of size
@@ -47,6 +48,11 @@ def symmetric_couplings(irreps_in: str, ir_out: str, correlation: int) -> Tensor
     intermediate irreps that occur in ``irreps_in``; then symmetrised over the input slots
     (a symmetric input :math:`A^{\otimes\nu}` sees only that part) and reduced by an SVD to
     the independent ones. Cached; do not modify in place.
+
+    ``reduced=False`` returns every coupling path as MACE builds it instead (neither
+    symmetrised nor reduced; each Wigner-3j step scaled by :math:`\sqrt{2l+1}` of its output,
+    e3nn's "component" normalisation): linearly dependent once contracted with a symmetric
+    :math:`A^{\otimes\nu}`, so the same span with more weights.
     """
     irreps = as_irreps(irreps_in)
     target = o3.Irrep(ir_out)
@@ -71,12 +77,16 @@ def symmetric_couplings(irreps_in: str, ir_out: str, correlation: int) -> Tensor
                     if (last and ir3 != target) or (not last and ir3 not in allowed):
                         continue
                     w3j = o3.wigner_3j(ir1.l, ir2.l, ir3.l, dtype=torch.float64)
+                    if not reduced:
+                        w3j = w3j * math.sqrt(ir3.dim)
                     grown.append((ir3, torch.einsum("...i,aj,ijk->...ak", T, E, w3j)))
         paths = grown
     paths = [T for ir, T in paths if ir == target]
     if not paths:
         return torch.zeros(*([D] * correlation), target.dim, 0, dtype=torch.float64)
     stacked = torch.stack(paths, -1)  # (D,)*ν + (2L+1, n)
+    if not reduced:
+        return stacked
     symmetric = sum(stacked.permute(*perm, correlation, correlation + 1)
                     for perm in itertools.permutations(range(correlation)))
     matrix = symmetric.reshape(-1, len(paths))
@@ -97,6 +107,8 @@ class SymmetricContraction(nn.Module):
         correlation: :math:`\nu_{max}`, the highest tensor power (body order
             :math:`\nu_{max} + 1`).
         num_elements: number of elements :math:`E`; the weights are chosen by ``species``.
+        reduce_couplings: use the independent symmetric couplings (default), or every
+            coupling path as MACE does (:func:`symmetric_couplings` with ``reduced=False``).
 
     Weights :math:`w^{(\nu)}` are ``(E, k, K_\nu)`` per output irrep and order, drawn
     :math:`N(0, 1)/K_\nu` (MACE's initialisation). The couplings are float64 constants cast to
@@ -107,7 +119,7 @@ class SymmetricContraction(nn.Module):
     """
 
     def __init__(self, irreps_in: IrrepsLike, irreps_out: IrrepsLike, correlation: int = 3,
-                 num_elements: int = 1) -> None:
+                 num_elements: int = 1, reduce_couplings: bool = True) -> None:
         super().__init__()
         self.irreps_in = as_irreps(irreps_in).simplify()
         self.irreps_out = as_irreps(irreps_out).simplify()
@@ -122,6 +134,7 @@ class SymmetricContraction(nn.Module):
         self.channels = muls.pop()
         self.correlation = correlation
         self.num_elements = num_elements
+        self.reduce_couplings = reduce_couplings
         self._in_dims = [ir.dim for _, ir in self.irreps_in]  # ints: read in forward
         self._out_dims = [ir.dim for _, ir in self.irreps_out]
         per_channel = "+".join(str(ir) for ir in irs)
@@ -130,7 +143,7 @@ class SymmetricContraction(nn.Module):
         for o, (_, ir) in enumerate(self.irreps_out):
             names = []
             for nu in range(1, correlation + 1):
-                U = symmetric_couplings(per_channel, str(ir), nu)
+                U = symmetric_couplings(per_channel, str(ir), nu, reduce_couplings)
                 name = f"coupling_{o}_{nu}"
                 self.register_buffer(name, U.to(torch.get_default_dtype()), persistent=False)
                 names.append(name)
@@ -160,7 +173,8 @@ class SymmetricContraction(nn.Module):
         for o, names in enumerate(self._couplings):
             for nu, name in enumerate(names, start=1):
                 buf = getattr(self, name)
-                exact = symmetric_couplings(self._per_channel, self._output_irreps[o], nu)
+                exact = symmetric_couplings(self._per_channel, self._output_irreps[o], nu,
+                                            self.reduce_couplings)
                 setattr(self, name, exact.to(buf.dtype).to(buf.device))
         return self
 
