@@ -118,6 +118,8 @@ def test_errors_name_what_is_wrong():
         model(fluorine)
     with pytest.raises(ValueError, match=r"N \(Z=7\) not in atomic_numbers"):
         EnergyForceModel(TPNET, ELEMENTS, {**REFS, 7: -1485.3})
+    with pytest.raises(ValueError, match=r"\['num_layers'\] beside class_path and init_args"):
+        EnergyForceModel({**TPNET, "num_layers": 3}, ELEMENTS)  # silently ignored before
     with pytest.raises(ValueError, match=r"reference_energies lack element\(s\) O \(Z=8\)"):
         EnergyForceModel(TPNET, ELEMENTS, {1: -13.6, 6: -1029.9})
     mean_pool = {"class_path": "relaxgnn.models.TPNet",

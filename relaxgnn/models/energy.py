@@ -184,6 +184,13 @@ class EnergyForceModel(nn.Module):
         if not isinstance(network, Mapping) or "class_path" not in network:
             raise TypeError("network must be an nn.Module or a spec {'class_path': ..., "
                             f"'init_args': {{...}}}}, got {type(network).__name__}")
+        stray = sorted(set(network) - {"class_path", "init_args"})
+        if stray:  # e.g. a command-line override that landed beside init_args
+            raise ValueError(
+                f"the network spec has key(s) {stray} beside class_path and init_args; network "
+                "arguments go inside init_args (on the command line the network is one value: "
+                "override it whole, or edit the config file, rather than "
+                "--model.model.init_args.network.init_args.<name>)")
         init_args = dict(network.get("init_args") or {})
         init_args.setdefault("atomic_numbers", elements)
         init_args.setdefault("output", "node")
