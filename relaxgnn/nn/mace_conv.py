@@ -12,12 +12,10 @@ from torch.nn.functional import silu
 from torch_geometric.nn import MessagePassing
 
 from ..dtype import ExactWigner3j
-from ..geometry.neighbours import edge_vectors
 from ..symmetry.irreps import IrrepsLike, as_irreps
-from .checks import check_edge_index, check_features, check_positions
 from .radial import BesselBasis, PolynomialCutoff
 from .symmetric_contraction import SymmetricContraction
-from .tp_conv import TensorProductConv, reset_e3nn
+from .tp_conv import TensorProductConv, check_conv_inputs, edge_embedding, reset_e3nn
 
 
 class ManyBodyConv(MessagePassing, ExactWigner3j):
@@ -135,6 +133,7 @@ class ManyBodyConv(MessagePassing, ExactWigner3j):
             attach(self, resolve_placement(relax, self.relaxation_placement))
 
     relaxation_placement = TensorProductConv.relaxation_placement
+    message = TensorProductConv.message  # the tensor product of h_j and Y_ij with weights R_ij
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -150,19 +149,10 @@ class ManyBodyConv(MessagePassing, ExactWigner3j):
         edge_shift: Tensor | None = None,
     ) -> Tensor:
         """Return :math:`h'`, ``(num_nodes, irreps_out.dim)``."""
+        x, node_attr = check_conv_inputs(x, pos, edge_index, node_attr, self.num_elements,
+                                         edge_shift, self.irreps_in.dim)
+        sh, weight = edge_embedding(self, pos, edge_index, edge_shift)
         N = pos.shape[0]
-        check_positions(pos)
-        x = check_features(x, "x", N, self.irreps_in.dim)
-        check_edge_index(edge_index, N)
-        node_attr = check_features(node_attr, "node_attr", N, self.num_elements)
-        if edge_shift is not None:
-            check_features(edge_shift, "edge_shift", edge_index.shape[1], 3, what="edges")
-
-        vec = edge_vectors(pos, edge_index, edge_shift)
-        r = vec.norm(dim=-1)
-        sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True,
-                                    normalization="component")
-        weight = self.radial(self.basis(r)) * self.envelope(r).unsqueeze(-1)
         agg = self.propagate(edge_index, x=self.linear_up(x), sh=sh, weight=weight, size=(N, N))
         A = self.linear_basis(agg / self.avg_num_neighbors)
         if self.element_basis is not None:
@@ -171,9 +161,6 @@ class ManyBodyConv(MessagePassing, ExactWigner3j):
         if self.sc is not None:
             out = out + self.sc(x, node_attr)
         return out
-
-    def message(self, x_j: Tensor, sh: Tensor, weight: Tensor) -> Tensor:
-        return self.tp(x_j, sh, weight)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.irreps_in} -> {self.irreps_out}, "

@@ -30,6 +30,34 @@ def reset_e3nn(module: nn.Module) -> None:
                 nn.init.normal_(p)
 
 
+def check_conv_inputs(x: Tensor, pos: Tensor, edge_index: Tensor, node_attr: Tensor | None,
+                      attr_dim: int | None, edge_shift: Tensor | None, x_dim: int
+                      ) -> tuple[Tensor, Tensor | None]:
+    """The checks of a convolution's inputs (shapes, finiteness, index range); returns ``x``
+    and ``node_attr`` as checked (``node_attr`` unchecked when ``attr_dim`` is ``None``)."""
+    N = pos.shape[0]
+    check_positions(pos)
+    x = check_features(x, "x", N, x_dim)
+    check_edge_index(edge_index, N)
+    if attr_dim is not None:
+        node_attr = check_features(node_attr, "node_attr", N, attr_dim)
+    if edge_shift is not None:
+        check_features(edge_shift, "edge_shift", edge_index.shape[1], 3, what="edges")
+    return x, node_attr
+
+
+def edge_embedding(layer: nn.Module, pos: Tensor, edge_index: Tensor,
+                   edge_shift: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(Y, R)``: the spherical harmonics (``"component"``) of the edge vectors (computed from
+    ``pos``, so forces follow by autograd) and the radial weights times the envelope, for a layer
+    with ``irreps_sh``, ``basis``, ``radial`` and ``envelope``. (The layer calls ``propagate``
+    itself: PyG reads its arguments from the source of ``forward``.)"""
+    vec = edge_vectors(pos, edge_index, edge_shift)
+    r = vec.norm(dim=-1)
+    sh = o3.spherical_harmonics(layer.irreps_sh, vec, normalize=True, normalization="component")
+    return sh, layer.radial(layer.basis(r)) * layer.envelope(r).unsqueeze(-1)
+
+
 class TensorProductConv(MessagePassing, ExactWigner3j):
     r"""The NequIP interaction block: an E(3)-equivariant convolution of irreps features.
 
@@ -186,20 +214,11 @@ class TensorProductConv(MessagePassing, ExactWigner3j):
         edge_shift: Tensor | None = None,
     ) -> Tensor:
         """Return :math:`h'`, ``(num_nodes, irreps_out.dim)``."""
+        attr_dim = None if self.irreps_node_attr is None else self.irreps_node_attr.dim
+        x, node_attr = check_conv_inputs(x, pos, edge_index, node_attr, attr_dim, edge_shift,
+                                         self.irreps_in.dim)
+        sh, weight = edge_embedding(self, pos, edge_index, edge_shift)
         N = pos.shape[0]
-        check_positions(pos)
-        x = check_features(x, "x", N, self.irreps_in.dim)
-        check_edge_index(edge_index, N)
-        if self.irreps_node_attr is not None:
-            node_attr = check_features(node_attr, "node_attr", N, self.irreps_node_attr.dim)
-        if edge_shift is not None:
-            check_features(edge_shift, "edge_shift", edge_index.shape[1], 3, what="edges")
-
-        vec = edge_vectors(pos, edge_index, edge_shift)
-        r = vec.norm(dim=-1)
-        sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True,
-                                    normalization="component")
-        weight = self.radial(self.basis(r)) * self.envelope(r).unsqueeze(-1)
         agg = self.propagate(edge_index, x=self.linear_1(x), sh=sh, weight=weight, size=(N, N))
         out = self.gate(self.linear_2(agg / self.avg_num_neighbors**0.5))
         if self.sc is not None:
