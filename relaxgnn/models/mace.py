@@ -151,7 +151,7 @@ class MACENet(nn.Module):
         return {"avg_num_neighbors": value}
 
     def set_avg_num_neighbors(self, value: float) -> None:
-        """Set :math:`\bar n` in every layer (and in the recorded constructor arguments)."""
+        r"""Set :math:`\bar n` in every layer (and in the recorded constructor arguments)."""
         if not value > 0:
             raise ValueError(f"avg_num_neighbors must be positive, got {value}")
         for layer in self.layers:

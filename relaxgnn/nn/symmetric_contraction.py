@@ -136,7 +136,6 @@ class SymmetricContraction(nn.Module):
         self.num_elements = num_elements
         self.reduce_couplings = reduce_couplings
         self._in_dims = [ir.dim for _, ir in self.irreps_in]  # ints: read in forward
-        self._out_dims = [ir.dim for _, ir in self.irreps_out]
         per_channel = "+".join(str(ir) for ir in irs)
         self.weights = nn.ParameterList()
         self._couplings: list[list[str]] = []  # buffer names, per output irrep, order 1..ν
@@ -160,7 +159,7 @@ class SymmetricContraction(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Weights of order :math:`\nu` drawn ``N(0, 1)`` divided by their number of
+        r"""Weights of order :math:`\nu` drawn ``N(0, 1)`` divided by their number of
         couplings :math:`K_\nu` (MACE's initialisation)."""
         with torch.no_grad():
             for p in self.weights:

@@ -44,7 +44,7 @@ MILLI = {"eV": ("meV", 1e3), "Hartree": ("mHa", 1e3)}
 
 
 class RelaxGNNModule(LightningModule):
-    """Train any relaxgnn model on node, graph or energy-and-force regression, or on graph
+    r"""Train any relaxgnn model on node, graph or energy-and-force regression, or on graph
     classification.
 
     Args:
