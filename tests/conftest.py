@@ -42,6 +42,21 @@ def batch32() -> Batch:
     )
 
 
+def finite_difference_forces(energy, data: Data, h: float = 1e-5) -> torch.Tensor:
+    """``-∂E/∂pos`` by central differences of ``energy(data)`` (a one-molecule energy),
+    ``(N, 3)``."""
+    forces = torch.zeros_like(data.pos)
+    with torch.no_grad():
+        for i in range(data.num_nodes):
+            for k in range(3):
+                plus, minus = data.clone(), data.clone()
+                plus.pos, minus.pos = data.pos.clone(), data.pos.clone()
+                plus.pos[i, k] += h
+                minus.pos[i, k] -= h
+                forces[i, k] = -(energy(plus) - energy(minus)).item() / (2 * h)
+    return forces
+
+
 def check_relaxed_then_projected(relaxed: torch.nn.Module, data: Batch, broken: float = 1e-4
                                  ) -> tuple[dict[str, float], torch.nn.Module]:
     """Drive ``relaxed`` at θ = 1 with paths perturbed to N(0, 0.3²): rotations or reflections

@@ -5,6 +5,7 @@ and the least-squares reference energies."""
 import pytest
 import torch
 from ase.build import molecule
+from conftest import finite_difference_forces
 from torch_geometric.data import Batch, Data
 
 from relaxgnn.models import EGNN, TPNet, load_model, save_model
@@ -65,15 +66,7 @@ def test_forces_are_minus_the_gradient_by_central_differences():
     energy, forces = model.energy_and_forces(data)
     assert energy.shape == (1,) and forces.shape == (9, 3) and not forces.requires_grad
     assert data.pos.grad is None and not data.pos.requires_grad  # the caller's data untouched
-    h = 1e-4
-    numeric = torch.zeros_like(forces)
-    with torch.no_grad():
-        for i in range(9):
-            for k in range(3):
-                plus, minus = data.clone(), data.clone()
-                plus.pos[i, k] += h
-                minus.pos[i, k] -= h
-                numeric[i, k] = -(model(plus) - model(minus)).item() / (2 * h)
+    numeric = finite_difference_forces(model, data, h=1e-4)
     assert (numeric - forces).norm() / forces.norm() < 1e-6
 
 

@@ -10,7 +10,12 @@ import itertools
 
 import pytest
 import torch
-from conftest import check_relaxed_then_projected, molecule_data, point_cloud
+from conftest import (
+    check_relaxed_then_projected,
+    finite_difference_forces,
+    molecule_data,
+    point_cloud,
+)
 from e3nn import o3
 from torch_geometric.data import Batch
 
@@ -195,15 +200,7 @@ def test_forces_equal_minus_the_energy_gradient_and_are_equivariant():
         moved.pos = data.pos @ g.T
         torch.testing.assert_close(model.energy_and_forces(moved)[1], forces @ g.T,
                                    rtol=1e-10, atol=1e-12)
-    h, fd = 1e-5, torch.zeros_like(forces)
-    with torch.no_grad():
-        for k in range(data.num_nodes):
-            for a in range(3):
-                plus, minus = data.clone(), data.clone()
-                plus.pos, minus.pos = data.pos.clone(), data.pos.clone()
-                plus.pos[k, a] += h
-                minus.pos[k, a] -= h
-                fd[k, a] = -(model(plus) - model(minus)).item() / (2 * h)
+    fd = finite_difference_forces(model, data)
     assert (fd - forces).norm() <= 1e-6 * forces.norm()
 
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import molecule_data, point_cloud
+from conftest import finite_difference_forces, molecule_data, point_cloud
 from torch_geometric.data import Batch, Data
 
 from relaxgnn.data.graphs import fully_connected_edges, radius_edges
@@ -241,16 +241,7 @@ def test_tpnet_forces_equivariant_and_match_finite_differences():
         moved.pos = data.pos @ g.T
         torch.testing.assert_close(energy_and_forces(model, moved)[1], forces @ g.T,
                                    rtol=1e-10, atol=1e-12)
-    h, fd = 1e-5, torch.zeros_like(forces)
-    with torch.no_grad():
-        for k in range(data.num_nodes):
-            for a in range(3):
-                plus, minus = data.clone(), data.clone()
-                plus.pos = data.pos.clone()
-                plus.pos[k, a] += h
-                minus.pos = data.pos.clone()
-                minus.pos[k, a] -= h
-                fd[k, a] = -(model(plus) - model(minus)).item() / (2 * h)
+    fd = finite_difference_forces(model, data)
     assert (fd - forces).norm() <= 1e-6 * forces.norm()
 
 
