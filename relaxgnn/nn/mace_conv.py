@@ -9,16 +9,14 @@ from e3nn import o3
 from e3nn.nn import FullyConnectedNet
 from torch import Tensor
 from torch.nn.functional import silu
-from torch_geometric.nn import MessagePassing
 
-from ..dtype import ExactWigner3j
 from ..symmetry.irreps import IrrepsLike, as_irreps
 from .radial import BesselBasis, PolynomialCutoff
 from .symmetric_contraction import SymmetricContraction
-from .tp_conv import TensorProductConv, check_conv_inputs, edge_embedding, reset_e3nn
+from .tp_conv import RadialTensorProductConv, check_conv_inputs, edge_embedding
 
 
-class ManyBodyConv(MessagePassing, ExactWigner3j):
+class ManyBodyConv(RadialTensorProductConv):
     r"""One MACE layer: a two-body atomic basis, its symmetric tensor powers up to order
     ``correlation`` (a many-body basis), and a residual self-connection.
 
@@ -66,8 +64,6 @@ class ManyBodyConv(MessagePassing, ExactWigner3j):
         ``forward(x (N, irreps_in.dim), pos (N, 3), edge_index (2, E), node_attr (N,
         num_elements), edge_shift (E, 3) | None) -> (N, irreps_out.dim)``.
     """
-
-    irreps_pos = o3.Irreps("1x1o")  # how the `pos` argument transforms
 
     def __init__(
         self,
@@ -126,19 +122,7 @@ class ManyBodyConv(MessagePassing, ExactWigner3j):
             self.irreps_basis, self.irreps_node_attr, self.irreps_basis))
         self.reset_parameters()
         self._keep_wigner_3j_exact()
-        self.relax = relax
-        if relax is not None:
-            from ..relax.attach import attach, resolve_placement
-
-            attach(self, resolve_placement(relax, self.relaxation_placement))
-
-    relaxation_placement = TensorProductConv.relaxation_placement
-    message = TensorProductConv.message  # the tensor product of h_j and Y_ij with weights R_ij
-
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        self.basis.reset_parameters()
-        reset_e3nn(self)
+        self._relax_default(relax)
 
     def forward(
         self,

@@ -58,7 +58,50 @@ def edge_embedding(layer: nn.Module, pos: Tensor, edge_index: Tensor,
     return sh, layer.radial(layer.basis(r)) * layer.envelope(r).unsqueeze(-1)
 
 
-class TensorProductConv(MessagePassing, ExactWigner3j):
+class RadialTensorProductConv(MessagePassing, ExactWigner3j):
+    r"""What the NequIP and MACE layers share: messages :math:`\mathrm{TP}(h_j, Y_{ij};
+    R_{ij})` of a tensor product ``tp`` with radial weights (``basis``, ``radial``,
+    ``envelope``; :func:`edge_embedding`), the re-initialisation of their e3nn parts, and the
+    default relaxation placement on the layer's output. Subclasses build those modules and
+    call ``propagate`` in their ``forward`` (PyG reads its arguments from that source)."""
+
+    irreps_pos = o3.Irreps("1x1o")  # how the `pos` argument transforms
+
+    def relaxation_placement(self, relax: Any = "linear") -> dict[str, Any]:
+        r"""An Equiformer-style path in the node update (the relaxation paper's MD model adds
+        :math:`\theta\,\mathrm{MLP}([h_i \Vert a_i \Vert x_i])` to its feed-forward update),
+        on the layer's output:
+
+        .. math::
+            h_i' \mathrel{+}= \theta\, g([h_i \Vert a_i \Vert x_i])
+
+        (target ``"update"``; :math:`a_i` when the layer has node attributes, :math:`x_i` with
+        the config's ``positions``, the default)."""
+        from ..relax import RelaxConfig
+
+        config = RelaxConfig.parse(relax)
+        inputs = ("x",) + (("node_attr",) if self.irreps_node_attr is not None else ()) + \
+            (("pos",) if config.positions is None or config.positions else ())
+        return {"": config.replace(inputs=inputs)} if config.wants("update", ["update"]) else {}
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        self.basis.reset_parameters()
+        reset_e3nn(self)
+
+    def message(self, x_j: Tensor, sh: Tensor, weight: Tensor) -> Tensor:
+        return self.tp(x_j, sh, weight)
+
+    def _relax_default(self, relax: str | Mapping[str, Any] | None) -> None:
+        """``relax=``: attach :meth:`relaxation_placement` (the layer has no relaxation code)."""
+        self.relax = relax
+        if relax is not None:
+            from ..relax.attach import attach, resolve_placement
+
+            attach(self, resolve_placement(relax, self.relaxation_placement))
+
+
+class TensorProductConv(RadialTensorProductConv):
     r"""The NequIP interaction block: an E(3)-equivariant convolution of irreps features.
 
     For each edge :math:`j \to i` with :math:`r_{ij} = x_j - x_i\,(+\,\text{shift})`:
@@ -108,8 +151,6 @@ class TensorProductConv(MessagePassing, ExactWigner3j):
         relax: shorthand for attaching :meth:`relaxation_placement` (a path kind, a mapping of
             :class:`~relaxgnn.relax.RelaxConfig` fields, or ``None``).
     """
-
-    irreps_pos = o3.Irreps("1x1o")  # how the `pos` argument transforms
 
     def __init__(
         self,
@@ -177,33 +218,7 @@ class TensorProductConv(MessagePassing, ExactWigner3j):
         self.sc = sc if sc.weight_numel > 0 else None
         self.reset_parameters()
         self._keep_wigner_3j_exact()
-        self.relax = relax
-        if relax is not None:
-            from ..relax.attach import attach, resolve_placement
-
-            attach(self, resolve_placement(relax, self.relaxation_placement))
-
-    def relaxation_placement(self, relax: Any = "linear") -> dict[str, Any]:
-        r"""An Equiformer-style path in the node update (the relaxation paper's MD model adds
-        :math:`\theta\,\mathrm{MLP}([h_i \Vert a_i \Vert x_i])` to its feed-forward update),
-        on the layer's output:
-
-        .. math::
-            h_i' \mathrel{+}= \theta\, g([h_i \Vert a_i \Vert x_i])
-
-        (target ``"update"``; :math:`a_i` when the layer has node attributes, :math:`x_i` with
-        the config's ``positions``, the default)."""
-        from ..relax import RelaxConfig
-
-        config = RelaxConfig.parse(relax)
-        inputs = ("x",) + (("node_attr",) if self.irreps_node_attr is not None else ()) + \
-            (("pos",) if config.positions is None or config.positions else ())
-        return {"": config.replace(inputs=inputs)} if config.wants("update", ["update"]) else {}
-
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        self.basis.reset_parameters()
-        reset_e3nn(self)
+        self._relax_default(relax)
 
     def forward(
         self,
@@ -224,9 +239,6 @@ class TensorProductConv(MessagePassing, ExactWigner3j):
         if self.sc is not None:
             out = out + (self.sc(x) if self.irreps_node_attr is None else self.sc(x, node_attr))
         return out
-
-    def message(self, x_j: Tensor, sh: Tensor, weight: Tensor) -> Tensor:
-        return self.tp(x_j, sh, weight)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.irreps_in} -> {self.irreps_out}, "
