@@ -13,13 +13,15 @@ where :math:`A_{ik}` is the atomic basis of channel :math:`k` (one copy of each 
 ``irreps_in``, :math:`D` numbers), :math:`z_i` the element and :math:`\mathcal{C}^{(\nu)}_\eta`
 a basis of the **symmetric equivariant** :math:`\nu`-linear maps from the atomic basis to
 :math:`L` (:func:`symmetric_couplings`): the generalised Clebsch–Gordan couplings
-:math:`((a_1 \otimes a_2) \to l_{12}) \otimes a_3 \to \dots \to L` with intermediate irreps among
-those of the input (MACE's rule), symmetrised over the :math:`\nu` slots and reduced to an
-orthonormal basis of their span. (MACE keeps every coupling path, some of them linearly
-dependent once contracted with the symmetric :math:`A^{\otimes\nu}`; the span, hence the model
-class, is the same, with fewer weights.) The sums are evaluated from the highest order down
-(Horner's scheme, as MACE does): :math:`c_\nu = \mathcal{C}^{(\nu)} w^{(\nu)}`, then
-:math:`t \leftarrow (t + c_{\nu-1}) \cdot A` contracting one slot at a time.
+:math:`((a_1 \otimes a_2) \to l_{12}) \otimes a_3 \to \dots \to L` with MACE's intermediate
+irreps (every one for :math:`\nu \le 3`, e.g. the pseudo-vector :math:`1e` of two vectors;
+natural parity and :math:`l \le 11` for :math:`\nu \ge 4`), symmetrised over the :math:`\nu`
+slots and reduced to an orthonormal basis of their span. (MACE keeps every coupling path, some
+of them linearly dependent once contracted with the symmetric :math:`A^{\otimes\nu}`; the span,
+hence the model class, is the same, with fewer weights.) The sums are evaluated from the
+highest order down (Horner's scheme, as MACE does):
+:math:`c_\nu = \mathcal{C}^{(\nu)} w^{(\nu)}`, then :math:`t \leftarrow (t + c_{\nu-1}) \cdot A`
+contracting one slot at a time.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ from torch import Tensor, nn
 from ..symmetry.irreps import IrrepsLike, as_irreps
 
 
+def _intermediate_allowed(ir: o3.Irrep, correlation: int) -> bool:
+    r"""MACE's rule for the intermediate irreps of a coupling path (``mace.tools.cg``): all of
+    them up to correlation 3; natural parity (:math:`(-1)^l`) and :math:`l \le 11` from 4 on,
+    which bounds the number of paths."""
+    return correlation <= 3 or (ir.l <= 11 and ir.p == (-1) ** ir.l)
+
+
 @lru_cache(maxsize=64)
 def symmetric_couplings(irreps_in: str, ir_out: str, correlation: int,
                         reduced: bool = True) -> Tensor:
@@ -44,8 +53,8 @@ def symmetric_couplings(irreps_in: str, ir_out: str, correlation: int,
     :math:`D`; ``K`` maps, possibly 0), each scaled so that its Frobenius norm is
     :math:`\sqrt{2L+1}`.
 
-    Built by coupling one input irrep at a time with e3nn's Wigner-3j symbols, keeping the
-    intermediate irreps that occur in ``irreps_in``; then symmetrised over the input slots
+    Built by coupling one input irrep at a time with e3nn's Wigner-3j symbols, with MACE's
+    intermediate irreps (:func:`_intermediate_allowed`); then symmetrised over the input slots
     (a symmetric input :math:`A^{\otimes\nu}` sees only that part) and reduced by an SVD to
     the independent ones. Cached; do not modify in place.
 
@@ -58,7 +67,6 @@ def symmetric_couplings(irreps_in: str, ir_out: str, correlation: int,
     target = o3.Irrep(ir_out)
     if correlation < 1:
         raise ValueError(f"correlation must be >= 1, got {correlation}")
-    allowed = {ir for _, ir in irreps}
     D = irreps.dim
     embeddings = []  # (irrep, (D, 2l+1) selecting that copy)
     for (mul, ir), sl in zip(irreps, irreps.slices(), strict=True):
@@ -74,7 +82,8 @@ def symmetric_couplings(irreps_in: str, ir_out: str, correlation: int,
         for ir1, T in paths:
             for ir2, E in embeddings:
                 for ir3 in ir1 * ir2:
-                    if (last and ir3 != target) or (not last and ir3 not in allowed):
+                    if (last and ir3 != target) or (
+                            not last and not _intermediate_allowed(ir3, correlation)):
                         continue
                     w3j = o3.wigner_3j(ir1.l, ir2.l, ir3.l, dtype=torch.float64)
                     if not reduced:
