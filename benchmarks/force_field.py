@@ -9,6 +9,7 @@ and stage two starting at MACE's epoch for the budget, ``epochs // 4 * 3`` (its
 ``start_swa``), written to ``<out>/configs/``; the split as an override):
     mace        configs/md_ethanol_mace.yaml            (plain MACENet)
     mace_CR     configs/md_ethanol_mace_relaxed.yaml    (scheduled relaxation, the paper's)
+    mace_ACE    configs/md_ethanol_mace_dual.yaml       (learned relaxation, ACE's constraint)
     tpnet       configs/md_ethanol_tpnet.yaml           (plain TPNet)
 
     relaxgnn data md --molecule ethanol --steps 20000 --temperature 500 --sample-every 10
@@ -38,7 +39,8 @@ from compare import Experiment, add_common_arguments, compare
 from relaxgnn.atomic import atomic_write_text
 
 ARMS = {"mace": "md_ethanol_mace.yaml", "mace_CR": "md_ethanol_mace_relaxed.yaml",
-        "tpnet": "md_ethanol_tpnet.yaml", "tpnet_CR": "md_ethanol_tpnet_relaxed.yaml"}
+        "mace_ACE": "md_ethanol_mace_dual.yaml", "tpnet": "md_ethanol_tpnet.yaml",
+        "tpnet_CR": "md_ethanol_tpnet_relaxed.yaml"}
 PUBLISHED = {"ethanol": "MACE on DFT rMD17 ethanol 0.4 meV / 2.1 meV/Å",
              "aspirin": "MACE on DFT rMD17 aspirin 2.2 meV / 6.6 meV/Å",
              "malonaldehyde": "MACE on DFT rMD17 malonaldehyde 0.8 meV / 4.1 meV/Å"}
