@@ -13,7 +13,7 @@ from torch.nn.functional import silu
 from ..symmetry.irreps import IrrepsLike, as_irreps
 from .radial import BesselBasis, PolynomialCutoff
 from .symmetric_contraction import SymmetricContraction
-from .tp_conv import RadialTensorProductConv, check_conv_inputs, edge_embedding
+from .tp_conv import RadialTensorProductConv, check_conv_inputs
 
 
 class ManyBodyConv(RadialTensorProductConv):
@@ -135,7 +135,7 @@ class ManyBodyConv(RadialTensorProductConv):
         """Return :math:`h'`, ``(num_nodes, irreps_out.dim)``."""
         x, node_attr = check_conv_inputs(x, pos, edge_index, node_attr, self.num_elements,
                                          edge_shift, self.irreps_in.dim)
-        sh, weight = edge_embedding(self, pos, edge_index, edge_shift)
+        sh, weight = self.edge_embedding(pos, edge_index, edge_shift)
         N = pos.shape[0]
         agg = self.propagate(edge_index, x=self.linear_up(x), sh=sh, weight=weight, size=(N, N))
         A = self.linear_basis(agg / self.avg_num_neighbors)

@@ -46,22 +46,10 @@ def check_conv_inputs(x: Tensor, pos: Tensor, edge_index: Tensor, node_attr: Ten
     return x, node_attr
 
 
-def edge_embedding(layer: nn.Module, pos: Tensor, edge_index: Tensor,
-                   edge_shift: Tensor | None) -> tuple[Tensor, Tensor]:
-    """``(Y, R)``: the spherical harmonics (``"component"``) of the edge vectors (computed from
-    ``pos``, so forces follow by autograd) and the radial weights times the envelope, for a layer
-    with ``irreps_sh``, ``basis``, ``radial`` and ``envelope``. (The layer calls ``propagate``
-    itself: PyG reads its arguments from the source of ``forward``.)"""
-    vec = edge_vectors(pos, edge_index, edge_shift)
-    r = vec.norm(dim=-1)
-    sh = o3.spherical_harmonics(layer.irreps_sh, vec, normalize=True, normalization="component")
-    return sh, layer.radial(layer.basis(r)) * layer.envelope(r).unsqueeze(-1)
-
-
 class RadialTensorProductConv(MessagePassing, ExactWigner3j):
     r"""What the NequIP and MACE layers share: messages :math:`\mathrm{TP}(h_j, Y_{ij};
     R_{ij})` of a tensor product ``tp`` with radial weights (``basis``, ``radial``,
-    ``envelope``; :func:`edge_embedding`), the re-initialisation of their e3nn parts, and the
+    ``envelope``; :meth:`edge_embedding`), the re-initialisation of their e3nn parts, and the
     default relaxation placement on the layer's output. Subclasses build those modules and
     call ``propagate`` in their ``forward`` (PyG reads its arguments from that source)."""
 
@@ -88,6 +76,18 @@ class RadialTensorProductConv(MessagePassing, ExactWigner3j):
         super().reset_parameters()
         self.basis.reset_parameters()
         reset_e3nn(self)
+
+    def edge_embedding(self, pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None
+                       ) -> tuple[Tensor, Tensor]:
+        """``(Y, R)``: the spherical harmonics (``"component"``) of the edge vectors (computed
+        from ``pos``, so forces follow by autograd) and the radial weights times the envelope.
+        (The subclass calls ``propagate`` itself: PyG reads its arguments from the source of
+        ``forward``.)"""
+        vec = edge_vectors(pos, edge_index, edge_shift)
+        r = vec.norm(dim=-1)
+        sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True,
+                                    normalization="component")
+        return sh, self.radial(self.basis(r)) * self.envelope(r).unsqueeze(-1)
 
     def message(self, x_j: Tensor, sh: Tensor, weight: Tensor) -> Tensor:
         return self.tp(x_j, sh, weight)
@@ -232,7 +232,7 @@ class TensorProductConv(RadialTensorProductConv):
         attr_dim = None if self.irreps_node_attr is None else self.irreps_node_attr.dim
         x, node_attr = check_conv_inputs(x, pos, edge_index, node_attr, attr_dim, edge_shift,
                                          self.irreps_in.dim)
-        sh, weight = edge_embedding(self, pos, edge_index, edge_shift)
+        sh, weight = self.edge_embedding(pos, edge_index, edge_shift)
         N = pos.shape[0]
         agg = self.propagate(edge_index, x=self.linear_1(x), sh=sh, weight=weight, size=(N, N))
         out = self.gate(self.linear_2(agg / self.avg_num_neighbors**0.5))
