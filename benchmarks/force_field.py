@@ -4,9 +4,9 @@ of the projected models on the test frames (meV, meV/Å), mean ± std over seeds
 run, the paired difference of each relaxed arm to its plain arm with a verdict, and a plot of
 the validation force MAE against epoch (machinery in ``compare.py``; resumable, side by side).
 
-Arms (configs, with the data set replaced by ``relaxgnn.data.MD17`` on the molecule's file
-and stage two starting at MACE's epoch for the budget, ``epochs // 4 * 3`` (its
-``start_swa``), written to ``<out>/configs/``; the split as an override):
+Arms (configs, with the data set replaced by ``relaxgnn.data.MD17`` on the molecule's file,
+written to ``<out>/configs/``; the split as an override; stage two starts, as in MACE, at epoch
+``epochs // 4 * 3``):
     mace        configs/md_ethanol_mace.yaml            (plain MACENet)
     mace_CR     configs/md_ethanol_mace_relaxed.yaml    (scheduled relaxation, the paper's)
     mace_ACE    configs/md_ethanol_mace_dual.yaml       (learned relaxation, ACE's constraint)
@@ -74,9 +74,6 @@ def main() -> None:
         config = yaml.safe_load((Path(args.configs) / ARMS[arm]).read_text())
         config["data"]["dataset"] = {"class_path": "relaxgnn.data.MD17",
                                      "init_args": {"path": str(Path(data).resolve())}}
-        for callback in config["trainer"].get("callbacks") or []:
-            if callback["class_path"] == "relaxgnn.train.StageTwo":  # MACE's epoch for it
-                callback.setdefault("init_args", {})["start"] = max(1, args.epochs // 4 * 3)
         name = f"{arm}_{args.molecule}.yaml"
         atomic_write_text(configs / name, yaml.safe_dump(config, sort_keys=False))
         arms["plain" if i == 0 else arm] = name

@@ -359,6 +359,23 @@ def test_force_field_recipe_fit_statistics_per_atom_loss_and_stage_two(tmp_path)
         expected.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("start, max_epochs, first", [
+    (None, 10, 6), (None, 20, 15), (None, 4, 3), (None, 3, 1),  # MACE's max(1, max // 4 * 3)
+    (0.75, 10, 7), (0.5, 4, 2), (0.1, 5, 1), (4, 10, 4), (4.0, 10, 4)])
+def test_stage_two_first_epoch(start, max_epochs, first):
+    from types import SimpleNamespace
+
+    from relaxgnn.train import StageTwo
+    assert StageTwo(start=start).first_epoch(SimpleNamespace(max_epochs=max_epochs)) == first
+
+
+@pytest.mark.parametrize("start", [0, -1, 1.5])
+def test_stage_two_rejects_a_bad_start(start):
+    from relaxgnn.train import StageTwo
+    with pytest.raises(ValueError, match="start must be"):
+        StageTwo(start=start)
+
+
 def test_ema_warmup_follows_the_decay_schedule():
     """With warm-up the decay of update t is min(d, (1 + t)/(10 + t)) (torch_ema's, MACE's);
     without it, d. The first update copies the weights; the count survives a checkpoint."""

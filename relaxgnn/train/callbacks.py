@@ -204,8 +204,9 @@ class StageTwo(Callback):
     ``val/loss`` stays comparable across the switch (checkpoints and plateau schedulers).
 
     Args:
-        start: the first epoch of stage two; a float in (0, 1) is a fraction of
-            ``max_epochs`` (MACE's default is ``max_epochs // 4 * 3``, here ``0.75``).
+        start: the first epoch of stage two (0-based); a float in (0, 1) is a fraction of
+            ``max_epochs`` (rounded down); ``None`` is MACE's default
+            ``max(1, max_epochs // 4 * 3)`` (epoch 6 of 10, 15 of 20).
         energy_weight, force_weight: the training loss weights of stage two.
         lr: the learning rate set at the switch (``None``: unchanged).
 
@@ -213,9 +214,10 @@ class StageTwo(Callback):
     the optimizer's rates from the checkpoint and only sets the weights again).
     """
 
-    def __init__(self, start: float = 0.75, energy_weight: float = 1000.0,
+    def __init__(self, start: float | None = None, energy_weight: float = 1000.0,
                  force_weight: float = 100.0, lr: float | None = 1e-3) -> None:
-        if start <= 0 or (isinstance(start, float) and not start.is_integer() and start >= 1):
+        fraction = isinstance(start, float) and not start.is_integer()
+        if start is not None and (start <= 0 or fraction and start >= 1):
             raise ValueError(f"start must be an epoch >= 1 or a fraction in (0, 1), got {start}")
         if lr is not None and lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
@@ -224,10 +226,12 @@ class StageTwo(Callback):
         self.lr = lr
 
     def first_epoch(self, trainer: Trainer) -> int:
-        if self.start >= 1:
+        if self.start is not None and self.start >= 1:
             return int(self.start)
         if trainer.max_epochs is None or trainer.max_epochs < 0:
-            raise ValueError("StageTwo with a fractional start needs trainer.max_epochs")
+            raise ValueError("StageTwo without an integer start needs trainer.max_epochs")
+        if self.start is None:
+            return max(1, trainer.max_epochs // 4 * 3)
         return max(1, int(self.start * trainer.max_epochs))
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
