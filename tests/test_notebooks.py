@@ -3,8 +3,11 @@ committed copies carry their outputs (so the pictures show without running them)
 variable in their first code cell, use only relaxgnn's public names, and are linked from the
 README.
 
-Executing them takes minutes (two at a time; the ``notebooks`` marker: ``-m 'not notebooks'``
-skips it while developing; CI runs everything). They run in place, with notebooks/ as the
+The test executes them at the reduced settings in ``TEST_SETTINGS`` (fewer steps, epochs and
+training sizes, put in place of the values in their first cell, as papermill parameters are), so
+that every cell runs on every code path in about a minute instead of five; the committed outputs
+are from the full settings. Two run at a time; the ``notebooks`` marker (``-m 'not notebooks'``)
+skips them while developing; CI runs everything. They run in place, with notebooks/ as the
 working directory, so their generated data (``datasets/``) and runs (``runs/notebooks/``) land
 where a user's would.
 """
@@ -25,6 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ["01_layer_library", "02_relaxation_effects", "03_force_field", "04_point_clouds"]
 LONGEST_FIRST = ["02_relaxation_effects", "04_point_clouds", "03_force_field", "01_layer_library"]
+#: what the executed copies use instead of the first cell's values (the full settings take ~5 min)
+TEST_SETTINGS: dict[str, dict[str, object]] = {
+    "01_layer_library": {},
+    "02_relaxation_effects": {"STEPS": 40, "TRAIN_SIZES": [25, 100], "VAL_SIZE": 100},
+    "03_force_field": {"EPOCHS": 2, "NVE_STEPS": 100},
+    "04_point_clouds": {"PER_CLASS": 8, "EPOCHS": 2, "EVAL_EVERY": 1},
+}
 
 
 def _read(name: str) -> nbformat.NotebookNode:
@@ -45,6 +55,7 @@ def _images(nb: nbformat.NotebookNode) -> int:
 
 def test_the_notebooks_are_there():
     assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == NAMES == sorted(LONGEST_FIRST)
+    assert sorted(TEST_SETTINGS) == NAMES
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -109,16 +120,50 @@ def test_readme_links_every_notebook():
         assert f"(notebooks/{name}.ipynb)" in readme, f"README does not link {name}"
 
 
+def with_settings(source: str, settings: dict[str, object]) -> str:
+    """``source`` with the value of each top-level ``NAME = ...`` in ``settings`` replaced by
+    ``repr`` of the new value (the rest of the cell, e.g. ``EVAL_EVERY = max(STEPS // 10, 1)``,
+    then follows from it); a name the cell does not assign is an error, so that renaming a
+    setting cannot quietly leave the test at full scale."""
+    found = {t.id: node.value for node in ast.parse(source).body if isinstance(node, ast.Assign)
+             for t in node.targets if isinstance(t, ast.Name) and t.id in settings}
+    missing = sorted(set(settings) - set(found))
+    assert not missing, f"the first cell assigns no {missing}"
+    lines = source.splitlines(keepends=True)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line.encode()))
+    data = source.encode()
+    for name in sorted(found, key=lambda n: found[n].lineno, reverse=True):
+        value = found[name]   # ast offsets are in UTF-8 bytes
+        begin = starts[value.lineno - 1] + value.col_offset
+        end = starts[value.end_lineno - 1] + value.end_col_offset
+        data = data[:begin] + repr(settings[name]).encode() + data[end:]
+    return data.decode()
+
+
+def test_with_settings_replaces_values_and_refuses_unknown_names():
+    source = "A = 1  # α\nB = [1,\n     2]\nC = A * 2\n"
+    changed = with_settings(source, {"B": [3], "A": 5})
+    assert changed == "A = 5  # α\nB = [3]\nC = A * 2\n"
+    namespace: dict = {}
+    exec(changed, namespace)
+    assert namespace["C"] == 10
+    with pytest.raises(AssertionError, match="assigns no"):
+        with_settings(source, {"D": 1})
+
+
 def _execute(name: str) -> nbformat.NotebookNode:
-    """Run a clean copy of the notebook (nothing of the committed outputs counts) in a kernel of
-    one thread, with notebooks/ as its working directory; raises CellExecutionError, naming the
-    cell, on any error."""
+    """Run a clean copy of the notebook (nothing of the committed outputs counts), with
+    ``TEST_SETTINGS[name]`` in its first cell, in a kernel of one thread, with notebooks/ as its
+    working directory; raises CellExecutionError, naming the cell, on any error."""
     from nbclient import NotebookClient
 
     nb = _read(name)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    code[0].source = with_settings(code[0].source, TEST_SETTINGS[name])
+    for cell in code:
+        cell.outputs, cell.execution_count = [], None
     client = NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
     client.execute(env={**os.environ, "OMP_NUM_THREADS": "1"})
