@@ -26,6 +26,8 @@ import torch
 from grid import add_grid_arguments, run_grid, train_and_test, verdict
 from machine import cpu_name
 
+from relaxgnn.atomic import atomic_write_text
+
 
 @dataclass
 class Experiment:
@@ -92,7 +94,7 @@ def table(results: list[dict], exp: Experiment, args: argparse.Namespace, settin
              f"{cpu_name()}, "
              f"torch {torch.__version__}, {date.today()})"]
     header = f"{'arm':<12}" + "".join(f"{label:>30}" for _, label in exp.metrics) + \
-        f"{'min/run':>9}"
+        f"{'min/run':>9}{'s/epoch':>9}"
     lines += [header]
     verdicts = []
     by_seed = {arm: {key: {r["seed"]: r["test"][key] for r in results if r["arm"] == arm}
@@ -108,8 +110,9 @@ def table(results: list[dict], exp: Experiment, args: argparse.Namespace, settin
                 said = verdict(arm, by_seed[arm][key], by_seed["plain"][key], label,
                                lower_is_better=not exp.higher_is_better)
                 verdicts += [f"  {said}"] if said else []
-        minutes = statistics.mean(r["seconds"] for r in runs) / 60
-        lines.append(f"{arm:<12}" + "".join(f"{c:>30}" for c in cells) + f"{minutes:>9.1f}")
+        seconds = statistics.mean(r["seconds"] for r in runs)   # validation passes included
+        lines.append(f"{arm:<12}" + "".join(f"{c:>30}" for c in cells)
+                     + f"{seconds / 60:>9.1f}{seconds / args.epochs:>9.0f}")
         for key, label in exp.metrics:
             seeds = by_seed[arm][key]
             lines.append(f"    {label} per seed: "
@@ -142,8 +145,8 @@ def compare(exp: Experiment, args: argparse.Namespace, setting: str) -> str | No
     plot_path = out / f"{exp.name}_val.png"
     plot(results, exp, plot_path)
     text = table(results, exp, args, setting)
-    (out / f"{exp.name}_results.json").write_text(json.dumps(results, indent=2))
-    (out / f"{exp.name}_table.txt").write_text(text + "\n")
+    atomic_write_text(out / f"{exp.name}_results.json", json.dumps(results, indent=2))
+    atomic_write_text(out / f"{exp.name}_table.txt", text + "\n")
     print("\n" + text)
     print(f"plot: {plot_path}")
     return text
