@@ -19,6 +19,7 @@ import importlib
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import accumulate
 from pathlib import Path
 
 import nbformat
@@ -129,13 +130,10 @@ def with_settings(source: str, settings: dict[str, object]) -> str:
              for t in node.targets if isinstance(t, ast.Name) and t.id in settings}
     missing = sorted(set(settings) - set(found))
     assert not missing, f"the first cell assigns no {missing}"
-    lines = source.splitlines(keepends=True)
-    starts = [0]
-    for line in lines:
-        starts.append(starts[-1] + len(line.encode()))
-    data = source.encode()
+    data = source.encode()   # ast offsets are in UTF-8 bytes, lines split as bytes split them
+    starts = [0, *accumulate(len(line) for line in data.splitlines(keepends=True))]
     for name in sorted(found, key=lambda n: found[n].lineno, reverse=True):
-        value = found[name]   # ast offsets are in UTF-8 bytes
+        value = found[name]
         begin = starts[value.lineno - 1] + value.col_offset
         end = starts[value.end_lineno - 1] + value.end_col_offset
         data = data[:begin] + repr(settings[name]).encode() + data[end:]
