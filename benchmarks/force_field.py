@@ -84,9 +84,6 @@ def main() -> None:
 
     if not Path(data).is_file():
         parser.error(f"{data} does not exist: generate it first (see the docstring)")
-    for item in args.set:
-        if "=" not in item:
-            parser.error(f"--set wants KEY=VALUE (e.g. data.batch_size=5), got {item!r}")
 
     def overrides(args: argparse.Namespace, seed: int) -> list[str]:
         return [f"--data.split=[{args.train}, {args.val}, {args.test}]"]
@@ -99,7 +96,9 @@ def main() -> None:
         config["data"]["dataset"] = {"class_path": "relaxgnn.data.MD17",
                                      "init_args": {"path": str(Path(data).resolve())}}
         for item in args.set:
-            key, value = item.split("=", 1)
+            key, sep, value = item.partition("=")
+            if not sep:
+                parser.error(f"--set wants KEY=VALUE (e.g. data.batch_size=5), got {item!r}")
             try:
                 set_entry(config, key, yaml.safe_load(value))
             except KeyError as err:
