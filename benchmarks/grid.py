@@ -30,6 +30,8 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side (processes)")
     parser.add_argument("--configs", default="configs")
+    parser.add_argument("--results", default=None,
+                        help="folder of the per-run result files (default <out>/results)")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one key of the grid
     parser.add_argument("--compile", action="store_true",
                         help="keep the configs' compile_model (torch.compile; pays off in long "
@@ -39,12 +41,14 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
 
 def train_and_test(config: str | Path, experiment: str, seed: int, args: argparse.Namespace,
                    overrides: Sequence[str] = (), val_metric: str = "val/mse",
-                   test_sets: Mapping[str, Any] | None = None) -> dict:
+                   test_sets: Mapping[str, Any] | None = None, test_best: bool = False) -> dict:
     """``relaxgnn fit`` then ``test`` (θ = 0: the projected model) of ``config`` with the
     given seed and CLI overrides; returns the test metrics, the validation curve
     ``{epoch: value}``, the wall time and the worst equivariance error of the projection.
     With ``test_sets`` (``{name: dataset}``) the model is tested on each of them instead of
-    the config's test set, and ``test`` is ``{name: metrics}``."""
+    the config's test set, and ``test`` is ``{name: metrics}``. With ``test_best`` the best
+    validation checkpoint is tested too (``test_best``, its epoch ``best_checkpoint_epoch``):
+    the papers' rule."""
     from relaxgnn.train.cli import RelaxGNNCLI, trainer_defaults
     from relaxgnn.train.datamodule import GraphDataModule
     from relaxgnn.train.module import RelaxGNNModule
@@ -71,6 +75,12 @@ def train_and_test(config: str | Path, experiment: str, seed: int, args: argpars
                     train=cli.datamodule.train_set, test=dataset,
                     batch_size=cli.datamodule.eval_batch_size), verbose=False)[0]
                 for name, dataset in test_sets.items()}
+    best = {}
+    if test_best:  # after the final weights' test: this loads the best epoch's weights
+        path = cli.trainer.checkpoint_callback.best_model_path
+        best = {"test_best": cli.trainer.test(cli.model, cli.datamodule, ckpt_path=path,
+                                              verbose=False)[0],
+                "best_checkpoint_epoch": torch_load_epoch(path)}
     run_dir = Path(cli.trainer.log_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     val = {}
@@ -79,7 +89,14 @@ def train_and_test(config: str | Path, experiment: str, seed: int, args: argpars
             val[int(float(row["epoch"]))] = float(row[val_metric])
     return {"seed": seed, "test": test, "val": val, "seconds": seconds, "run_dir": str(run_dir),
             "projected_equivariance": max(summary["projected_equivariance_error"].values()),
-            "summary": {k: v for k, v in summary.items() if k.startswith("last_")}}
+            "summary": {k: v for k, v in summary.items() if k.startswith("last_")}, **best}
+
+
+def torch_load_epoch(path: str | Path) -> int:
+    """The epoch a Lightning checkpoint was written at (read weights-only)."""
+    from relaxgnn.models.io import load_weights_only
+
+    return int(load_weights_only(path, what="checkpoint")["epoch"])
 
 
 def derived_config(base: Path, out: Path, name: str, relax: Any = None,
@@ -107,7 +124,8 @@ def derived_config(base: Path, out: Path, name: str, relax: Any = None,
 
 
 def _result_path(args: argparse.Namespace, key: str) -> Path:
-    return Path(args.out) / "results" / f"{key}.json"
+    results = getattr(args, "results", None) or Path(args.out) / "results"
+    return Path(results) / f"{key}.json"
 
 
 def load_result(path: Path) -> dict:

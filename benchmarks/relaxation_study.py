@@ -28,9 +28,14 @@ runs two one-thread runs side by side with ``--jobs 2 --threads 1``:
     .venv/bin/python benchmarks/relaxation_study.py --jobs 2 --threads 1      # ~1 hour here
     .venv/bin/python benchmarks/relaxation_study.py --grid settings --jobs 2 --threads 1
 
-Paper scale on a GPU (1000 epochs of 3,000 trajectories = 30,000 steps per run):
+* ``paper``: the papers' own protocol and budget (1000 epochs; 30,000 steps at 3,000
+  trajectories), each arm with its own optimizer settings, test at the best validation epoch,
+  at 3,000, 300 and 1,000 trajectories (``benchmarks/paper_grid.py``). Hours per run on this
+  CPU; one result file per run under ``--results``, committed, so that the report
+  (``benchmarks/paper_report.py``) rebuilds without training::
 
-    .venv/bin/python benchmarks/relaxation_study.py --steps 30000 --accelerator gpu
+    .venv/bin/python benchmarks/relaxation_study.py --grid paper --compile --jobs 2 --threads 1 \
+        --results benchmarks/results/relaxation_paper --out runs/relaxation_paper
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from grid import (
     verdict,
 )
 from machine import cpu_name
+from paper_grid import paper_keys, run_record
 
 from relaxgnn.data import NBody
 
@@ -236,8 +242,10 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grid", choices=["axes", "main", "settings"], default="axes")
+    parser.add_argument("--grid", choices=["axes", "main", "settings", "paper"], default="axes")
     parser.add_argument("--steps", type=int, default=750, help="optimizer steps per run")
+    parser.add_argument("--epochs", type=int, default=1000,
+                        help="epochs per run of the paper grid (the papers': 1000)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--data", default="datasets/nbody")
     parser.add_argument("--out", default="runs/relaxation_study")
@@ -247,6 +255,13 @@ def main() -> None:
     out = Path(args.out)
     if not args.only:  # generate the data set once, not in every run started side by side
         NBody(args.data, split="train", max_samples=1, progress=True)
+    if args.grid == "paper":
+        keys = paper_keys(args.seeds)
+        done = run_grid(list(keys), lambda key: run_record(*keys[key], args), args)
+        if done is not None:
+            print(f"{len(done)} runs; report: benchmarks/paper_report.py --results "
+                  f"{args.results or out / 'results'}")
+        return
     configs = variant_configs(Path(args.configs), out)
     keys = grid_keys(args.grid, args.seeds)
     done = run_grid(list(keys), lambda key: run_one(*keys[key], configs, args), args)

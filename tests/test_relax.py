@@ -128,7 +128,8 @@ def test_penalty_trains_only_the_paths(name):
 
 def test_penalty_is_zero_for_an_equivariant_path_and_matches_the_paper():
     """A path whose W commutes with the generators has zero Lie penalty; the total is
-    λ(sqrt(Σ‖Lg‖²) + sqrt(Σ‖g‖²)) per block, summed over blocks."""
+    λ(sqrt(Σ‖Lg‖²) + sqrt(Σ‖g‖²)) with one root over all blocks (the paper's code), or with
+    ``penalty_reduction="per_path"`` a root per block, summed."""
     model = build("SEGNN", {"kind": "linear", "positions": False})
     relax = Relaxation(model, Constant(1.0, 10), lie_weight=0.01, norm_weight=0.01)
     with relax.record():
@@ -141,11 +142,62 @@ def test_penalty_is_zero_for_an_equivariant_path_and_matches_the_paper():
             path.g.weight.zero_()
             n = min(path.g.weight.shape)
             path.g.weight[:, :n] = torch.eye(n)
-    expected = sum(0.01 * path.g(inputs[name]).pow(2).sum().sqrt()
-                   for name, path in paths.items())
-    assert torch.allclose(relax.penalty(), expected, rtol=1e-12)
+    squares = [path.g(inputs[name]).pow(2).sum() for name, path in paths.items()]
+    assert torch.allclose(relax.penalty(), 0.01 * sum(squares).sqrt(), rtol=1e-12)
     metrics = relax.metrics()
     assert all(metrics[f"{name}/lie_derivative"] < 1e-12 for name in paths)
+    per_path = Relaxation(model, Constant(1.0, 10), lie_weight=0.01, norm_weight=0.01,
+                          penalty_reduction="per_path")
+    with per_path.record():  # the paths now change the later paths' inputs: new inputs
+        model(data())
+    inputs = per_path.inputs()
+    roots = [path.g(inputs[name]).pow(2).sum().sqrt() for name, path in paths.items()]
+    assert torch.allclose(per_path.penalty(), 0.01 * sum(roots), rtol=1e-12)
+    assert per_path.penalty() > 0.01 * sum(r**2 for r in roots).sqrt() * 1.5  # 8 paths
+    with pytest.raises(ValueError, match="penalty_reduction"):
+        Relaxation(model, Constant(1.0, 10), penalty_reduction="mean")
+
+
+class TwoVectorMaps(torch.nn.Module):
+    """Two maps of one vector (``1x1o``) each, the second reading the first's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = torch.nn.Identity(), torch.nn.Identity()
+
+    def forward(self, x):
+        return self.second(self.first(x))
+
+
+def test_global_penalty_equals_the_cr_formula_on_two_hand_computed_paths():
+    """CR's penalty λ(√(Σ_paths Σ_x Σ_k ‖(W A_k − A_k W) x‖²) + √(Σ_paths Σ_x ‖W x‖²)), one root
+    over both paths, computed here by hand with the so(3) generators of vectors written out
+    (the basis's sign and order do not change the squared norms)."""
+    from relaxgnn.relax import attach
+
+    model = TwoVectorMaps()
+    config = {"kind": "linear", "irreps_in": "1x1o", "irreps_out": "1x1o"}
+    paths = attach(model, {"first": config, "second": config})
+    model.double()
+    W1 = torch.tensor([[1.0, 0, 0], [0, 2, 0], [0, 0, 3]], dtype=torch.float64)
+    W2 = torch.tensor([[0.0, 1, 0], [0, 0, 0], [0, 0, 0]], dtype=torch.float64)
+    with torch.no_grad():
+        paths["first"].g.weight.copy_(W1)
+        paths["second"].g.weight.copy_(W2)
+    relax = Relaxation(model, Constant(0.5, 10), lie_weight=0.01, norm_weight=0.01)
+    x = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, 1.0]], dtype=torch.float64)
+    with relax.record():
+        y = model(x)
+    x2 = x + 0.5 * x @ W1.T  # what the second path saw: the first map's output
+    generators = [torch.tensor(a, dtype=torch.float64) for a in (
+        [[0, 0, 0], [0, 0, -1], [0, 1, 0]], [[0, 0, 1], [0, 0, 0], [-1, 0, 0]],
+        [[0, -1, 0], [1, 0, 0], [0, 0, 0]])]
+    lie = sum(((W @ A - A @ W) @ v).pow(2).sum().item()
+              for W, inputs in ((W1, x), (W2, x2)) for A in generators for v in inputs)
+    norm = sum((W @ v).pow(2).sum().item() for W, inputs in ((W1, x), (W2, x2))
+               for v in inputs)
+    assert torch.allclose(y, x2 + 0.5 * x2 @ W2.T)
+    assert relax.penalty().item() == pytest.approx(0.01 * (lie ** 0.5 + norm ** 0.5), rel=1e-12)
 
 
 def test_penalty_and_metrics_report_per_block():

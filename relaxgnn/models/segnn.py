@@ -36,7 +36,9 @@ class SEGNN(nn.Module):
             e_{ij} = [\lVert r_{ij}\rVert \,\Vert\, q_i q_j]\big),
 
     where :math:`f_i` are the input fields (any irreps), the element one-hot and, with
-    ``centred_position_input``, :math:`x_i - \bar x_{G(i)}` (the mean of the node's graph), and
+    ``centred_position_input``, :math:`x_i - \bar x_{G(i)}` (the mean of the node's graph), with
+    ``speed_input`` the speed :math:`\lVert v_i\rVert` of the ``velocity_field`` (SEGNN's N-body
+    input :math:`[x_i - \bar x, v_i, \lVert v_i\rVert]`), and
     :math:`\tilde W_a(x) = W(x \otimes a) + b`. The attributes :math:`a_{ij}, a_i` are spherical
     harmonics up to ``lmax_attr`` (:func:`~relaxgnn.geometry.attributes.segnn_attributes`), with
     :math:`Y(v_i)` added to :math:`a_i` when ``velocity_field`` is set (SEGNN's N-body model).
@@ -58,6 +60,7 @@ class SEGNN(nn.Module):
         pair_fields: scalar node fields :math:`q` whose products :math:`q_i q_j` are invariant
             edge features next to the distance (SEGNN's charges in the N-body task).
         centred_position_input: append positions centred per graph as a ``1x1o`` input.
+        speed_input: append the norm of ``velocity_field`` as a ``1x0e`` input.
         output: ``"position"``, ``"node"`` or ``"graph"``.
         irreps_out: output irreps (default ``1x1o`` for ``"position"``, else ``1x0e``).
         pooling: ``"sum"`` or ``"mean"`` for the graph head.
@@ -89,6 +92,7 @@ class SEGNN(nn.Module):
         velocity_field: str | None = None,
         pair_fields: Sequence[str] = (),
         centred_position_input: bool = False,
+        speed_input: bool = False,
         output: Output = "position",
         irreps_out: IrrepsLike | None = None,
         pooling: Pool = "sum",
@@ -110,6 +114,9 @@ class SEGNN(nn.Module):
         self.velocity_field = velocity_field
         self.pair_fields = tuple(pair_fields)
         self.centred_position_input = centred_position_input
+        if speed_input and not velocity_field:
+            raise ValueError("speed_input reads the norm of velocity_field: give velocity_field")
+        self.speed_input = speed_input
         self.output = output
         self.pooling = pooling
         self.irreps_out = as_irreps(irreps_out if irreps_out is not None
@@ -121,8 +128,9 @@ class SEGNN(nn.Module):
         self._attr_dim = self.irreps_attr.dim  # an int for forward (see SEGNNConv)
         self.irreps_hidden = as_irreps(irreps_hidden) if irreps_hidden is not None \
             else balanced_irreps(hidden_features, lmax, self.irreps_attr)
-        self.irreps_in = self.inputs.irreps + (o3.Irreps("1x1o") if centred_position_input
-                                               else o3.Irreps(""))
+        self.irreps_in = (self.inputs.irreps
+                          + (o3.Irreps("1x1o") if centred_position_input else o3.Irreps(""))
+                          + (o3.Irreps("1x0e") if speed_input else o3.Irreps("")))
         H, A = self.irreps_hidden, self.irreps_attr
         self.embedding = O3TensorProduct(self.irreps_in, A, H)
         self.layers = nn.ModuleList(
@@ -178,6 +186,9 @@ class SEGNN(nn.Module):
         f = self.inputs.node_features(data)
         if self.centred_position_input:
             f = torch.cat([f, centre_per_graph(data.pos, batch)], -1)
+        if self.speed_input:
+            vel = self.inputs.vector(data, self.velocity_field)
+            f = torch.cat([f, torch.linalg.vector_norm(vel, dim=-1, keepdim=True)], -1)
         h = self.embedding(f, node_attr)
         with trusted_inputs():  # validated above by self.inputs
             for layer in self.layers:

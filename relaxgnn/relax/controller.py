@@ -2,15 +2,20 @@ r"""The controller of a relaxed model, the one owner of θ: it finds the model's
 from a schedule, records the inputs the paths see, sums their penalties, reports per-block
 numbers, and projects the model back to an exactly equivariant one.
 
-Penalty, per block :math:`b` on the inputs :math:`X_b` its path saw inside :meth:`Relaxation.record`
-(terms in :mod:`relaxgnn.relax.penalties`):
+Penalty on the inputs :math:`X_b` each block's path :math:`g_b` saw inside
+:meth:`Relaxation.record` (terms in :mod:`relaxgnn.relax.penalties`). By default
+(``penalty_reduction="global"``) one root over every path, node and generator, the relaxation
+paper's :math:`\lambda(\sqrt{\sum\lVert Lg\rVert^2} + \sqrt{\sum\lVert g\rVert^2})` as its code
+computes it:
 
 .. math::
-    P = \sum_b \lambda_L\, \text{lie}_b + \lambda_N\, \text{norm}_b
-        + \lambda_R\, \text{reflection}_b,
+    P = \lambda_L \sqrt{\textstyle\sum_b \sum_{x \in X_b} \sum_k \lVert L_k g_b(x)\rVert^2}
+      + \lambda_N \sqrt{\textstyle\sum_b \sum_{x \in X_b} \lVert g_b(x)\rVert^2}
+      + \lambda_R \sqrt{\textstyle\sum_b \sum_{x \in X_b} \lVert g_b(Px) - P g_b(x)\rVert^2};
 
-so that :math:`\lambda_L = \lambda_N = \lambda` is the paper's
-:math:`\lambda(\sqrt{\sum\lVert Lg\rVert^2} + \sqrt{\sum\lVert g\rVert^2})`.
+with ``penalty_reduction="per_path"`` a root per path, summed:
+:math:`P = \sum_b \lambda_L\, \text{lie}_b + \lambda_N\, \text{norm}_b + \lambda_R\,
+\text{reflection}_b` (larger, up to :math:`\sqrt{B}` times for :math:`B` equal paths).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import math
 import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -29,8 +34,10 @@ from ..symmetry.group import random_reflection
 from .attach import find_paths, project
 from .lie import linear_weight
 from .path import RelaxationPath
-from .penalties import linear_penalties, path_penalties
+from .penalties import linear_penalties, path_penalties, root_of
 from .schedules import Schedule
+
+PENALTY_REDUCTIONS = ("global", "per_path")
 
 
 class RelaxationController:
@@ -45,7 +52,8 @@ class RelaxationController:
     """
 
     def __init__(self, model: nn.Module, lie_weight: float, norm_weight: float,
-                 reflection_weight: float) -> None:
+                 reflection_weight: float,
+                 penalty_reduction: Literal["global", "per_path"] = "global") -> None:
         self.model = model
         self.paths = find_paths(model)
         if not self.paths:
@@ -58,6 +66,10 @@ class RelaxationController:
                 raise ValueError(f"{name} must be a finite non-negative number, got {weight}")
         self.lie_weight, self.norm_weight = float(lie_weight), float(norm_weight)
         self.reflection_weight = float(reflection_weight)
+        if penalty_reduction not in PENALTY_REDUCTIONS:
+            raise ValueError(f"penalty_reduction must be one of {PENALTY_REDUCTIONS}, got "
+                             f"{penalty_reduction!r}")
+        self.penalty_reduction = penalty_reduction
         self.relative = False  # scale the path penalties by the task loss (see penalty)
         self._recording: dict[str, list[Tensor]] | None = None
         self._recorded: dict[str, list[Tensor]] | None = None
@@ -159,10 +171,11 @@ class RelaxationController:
         return {name: torch.cat(recorded[name]) if len(recorded[name]) > 1
                 else recorded[name][0] for name in active if recorded.get(name)}
 
-    def _batched_terms(self) -> list[tuple[list[str], dict[str, Tensor]]]:
+    def _batched_terms(self, root: bool = True) -> list[tuple[list[str], dict[str, Tensor]]]:
         """The penalty terms of the active paths on the recorded inputs, in groups: linear
         paths of one shape are one batched call (each term ``(P,)``), other paths one group
-        each (scalar terms); groups in the model's order of their first path."""
+        each (scalar terms); groups in the model's order of their first path. With
+        ``root=False`` the sums of squares under the terms' roots."""
         reflection = None
         if self.reflection_weight > 0:  # drawn from the step, so resumed runs repeat it
             reflection = random_reflection(self.step_index, dtype=torch.float64)
@@ -179,12 +192,12 @@ class RelaxationController:
         for key, names in groups.items():
             first = self.paths[names[0]]
             if isinstance(key, str):
-                out.append((names, path_penalties(first, inputs[key], reflection)))
+                out.append((names, path_penalties(first, inputs[key], reflection, root)))
                 continue
             W = torch.stack([linear_weight(self.paths[n].g) for n in names])
             X = torch.stack([inputs[n].reshape(-1, W.shape[-1]) for n in names])
             out.append((names, linear_penalties(W, X, first.irreps_in, first.irreps_out,
-                                                first.position_columns, reflection)))
+                                                first.position_columns, reflection, root)))
         return out
 
     def _terms(self) -> dict[str, dict[str, Tensor]]:
@@ -207,18 +220,22 @@ class RelaxationController:
         return total
 
     def _path_penalty(self) -> Tensor:
-        """Σ over paths of λ_lie·lie + λ_norm·norm (+ λ_refl·reflection), summed per group
-        (no per-path indexing: a few operations however many paths)."""
-        total = None
-        for _, terms in self._batched_terms():
-            value = self.lie_weight * terms["lie"] + self.norm_weight * terms["norm"]
-            if "reflection" in terms:
-                value = value + self.reflection_weight * terms["reflection"]
-            value = value.sum()
-            total = value if total is None else total + value
-        if total is None:
+        """λ_lie·lie + λ_norm·norm (+ λ_refl·reflection) with one root over all paths or a root
+        per path (module docstring), summed per group (no per-path indexing: a few operations
+        however many paths)."""
+        per_path = self.penalty_reduction == "per_path"
+        sums: dict[str, Tensor] = {}
+        for _, terms in self._batched_terms(root=per_path):
+            for term, value in terms.items():
+                sums[term] = value.sum() + sums[term] if term in sums else value.sum()
+        if not sums:
             weight = next(next(iter(self.paths.values())).parameters())
             return weight.new_zeros(())
+        if not per_path:
+            sums = {term: root_of(value) for term, value in sums.items()}
+        total = self.lie_weight * sums["lie"] + self.norm_weight * sums["norm"]
+        if "reflection" in sums:
+            total = total + self.reflection_weight * sums["reflection"]
         return total
 
     @torch.no_grad()
@@ -270,6 +287,8 @@ class Relaxation(RelaxationController):
         lie_weight, norm_weight, reflection_weight: :math:`\\lambda_L, \\lambda_N, \\lambda_R`.
         interval: ``"step"`` or ``"epoch"``: what the step index counts (read by the training
             engine; the controller itself just evaluates the schedule at the index given).
+        penalty_reduction: ``"global"`` (one root over all paths: the paper's code) or
+            ``"per_path"`` (a root per path, summed); module docstring.
     """
 
     def __init__(
@@ -280,8 +299,9 @@ class Relaxation(RelaxationController):
         norm_weight: float = 0.01,
         reflection_weight: float = 0.0,
         interval: str = "step",
+        penalty_reduction: Literal["global", "per_path"] = "global",
     ) -> None:
-        super().__init__(model, lie_weight, norm_weight, reflection_weight)
+        super().__init__(model, lie_weight, norm_weight, reflection_weight, penalty_reduction)
         if interval not in ("step", "epoch"):
             raise ValueError(f"interval must be 'step' or 'epoch', got {interval!r}")
         self.interval = interval

@@ -90,8 +90,12 @@ class LearnedRelaxation(RelaxationController):
             :math:`\\gamma` needs ~2,000 steps to go from 1 to 0: short runs need their own
             (ACE's code has the same idea: its ``adamsgd`` steps the :math:`\\gamma` by SGD
             at 1000× the task's rate).
-        lie_weight, norm_weight, reflection_weight: optional penalties, as
-            :class:`~relaxgnn.relax.Relaxation` (default 0, as ACE).
+        lie_weight, norm_weight, reflection_weight, penalty_reduction: optional penalties,
+            as :class:`~relaxgnn.relax.Relaxation` (default 0, as ACE).
+        auglag: :math:`c`, the augmented-Lagrangian term :math:`c \\sum_k c_k^2` on the
+            constraint's violation :math:`c_k` (ACE's ``auglag_const``; its N-body command
+            uses 0): a restoring force on :math:`\\gamma` that damps the oscillation of
+            :math:`\\gamma` and :math:`\\lambda` around the constraint.
     """
 
     def __init__(
@@ -107,9 +111,11 @@ class LearnedRelaxation(RelaxationController):
         lie_weight: float = 0.0,
         norm_weight: float = 0.0,
         reflection_weight: float = 0.0,
+        penalty_reduction: Literal["global", "per_path"] = "global",
+        auglag: float = 0.0,
     ) -> None:
-        super().__init__(model, lie_weight, norm_weight, reflection_weight)
-        checked = [("dual_lr", dual_lr), ("rho", rho)]
+        super().__init__(model, lie_weight, norm_weight, reflection_weight, penalty_reduction)
+        checked = [("dual_lr", dual_lr), ("rho", rho), ("auglag", auglag)]
         if gamma_lr is not None:
             checked.append(("gamma_lr", gamma_lr))
         for name, value in checked:
@@ -118,6 +124,7 @@ class LearnedRelaxation(RelaxationController):
         if dual_optimizer not in ("adam", "sgd"):
             raise ValueError(f"dual_optimizer must be 'adam' or 'sgd', got {dual_optimizer!r}")
         self.dual_lr, self.rho, self.resilient = float(dual_lr), float(rho), bool(resilient)
+        self.auglag = float(auglag)
         self.dual_optimizer = dual_optimizer
         self.gamma_lr = None if gamma_lr is None else float(gamma_lr)
         self.group_of = {name: next((g for pattern, g in (groups or {}).items()
@@ -176,6 +183,20 @@ class LearnedRelaxation(RelaxationController):
     def _thetas_at(self, index: int) -> dict[str, Tensor]:
         return {name: self.gamma(group) for name, group in self.group_of.items()}
 
+    def to(self, device: torch.device | str) -> LearnedRelaxation:
+        r"""Move :math:`\lambda` and the dual optimiser's state to ``device`` (where the model's
+        :math:`\gamma` went: the controller is built before a trainer moves the model);
+        returns ``self``."""
+        device = torch.device(device)
+        if self.lambdas.device == device:
+            return self
+        state = self._dual.state_dict() if self._dual is not None else None
+        self.lambdas = self.lambdas.detach().to(device)
+        if state is not None:
+            self._dual = torch.optim.Adam([self.lambdas], lr=self.dual_lr)
+            self._dual.load_state_dict(state)  # casts the state to the new λ's device
+        return self
+
     # ------------------------------------------------------------------ the Lagrangian
     def _violation(self) -> Tensor:
         """Per group: :math:`\\gamma_k` (equality) or :math:`|\\gamma_k| - u_k` (resilient)."""
@@ -191,7 +212,10 @@ class LearnedRelaxation(RelaxationController):
         :attr:`relative` set, every term is multiplied by the detached ``task_loss``: the
         constraint's force on :math:`\\gamma` is then :math:`\\lambda` against
         :math:`\\partial \\log L / \\partial\\gamma`, whatever the loss's scale."""
-        total = (self.lambdas.detach() * self._violation()).sum()
+        violation = self._violation()
+        total = (self.lambdas.detach() * violation).sum()
+        if self.auglag:
+            total = total + self.auglag * violation.pow(2).sum()
         if self.resilient:
             total = total + self.rho * torch.stack(
                 [self.slack(g) for g in self.groups]).pow(2).sum()

@@ -32,28 +32,29 @@ from .lie import (
 from .path import RelaxationPath
 
 
-def path_penalties(path: RelaxationPath, x: Tensor, reflection: Tensor | None = None
-                   ) -> dict[str, Tensor]:
-    """The unweighted penalty terms of one path on inputs ``x`` (detached)."""
+def path_penalties(path: RelaxationPath, x: Tensor, reflection: Tensor | None = None,
+                   root: bool = True) -> dict[str, Tensor]:
+    """The unweighted penalty terms of one path on inputs ``x`` (detached); with
+    ``root=False`` the sums of squares under the roots (to be summed over paths first)."""
     x = x.detach()
     W = linear_weight(path.g)
     if W is not None:
         terms = linear_penalties(W[None], x.reshape(1, -1, x.shape[-1]), path.irreps_in,
-                                 path.irreps_out, path.position_columns, reflection)
+                                 path.irreps_out, path.position_columns, reflection, root)
         return {name: value[0] for name, value in terms.items()}
     lie = lie_derivative(path.g, x, path.irreps_in, path.irreps_out).pow(2).sum()
     if path.position_columns:
         lie = lie + translation_derivative(path.g, x, path.position_columns).pow(2).sum()
-    terms = {"lie": _root(lie), "norm": _root(path.g(x).pow(2).sum())}
+    terms = {"lie": lie, "norm": path.g(x).pow(2).sum()}
     if reflection is not None:
         D_in = representation(path.irreps_in, reflection).to(x)
         D_out = representation(path.irreps_out, reflection).to(x)
         diff = path.g(x @ D_in.T) - path.g(x) @ D_out.T
-        terms["reflection"] = _root(diff.pow(2).sum())
-    return terms
+        terms["reflection"] = diff.pow(2).sum()
+    return {name: root_of(value) for name, value in terms.items()} if root else terms
 
 
-def _root(squares: Tensor) -> Tensor:
+def root_of(squares: Tensor) -> Tensor:
     r""":math:`\sqrt{s}` with gradient 0 rather than NaN where :math:`s = 0` (a path that is
     exactly zero, e.g. zero-initialised, or an exactly equivariant one)."""
     positive = squares > 0
@@ -85,6 +86,7 @@ def linear_penalties(
     irreps_out: IrrepsLike,
     position_columns: Sequence[int] = (),
     reflection: Tensor | None = None,
+    root: bool = True,
 ) -> dict[str, Tensor]:
     r"""The penalty terms of a batch of ``P`` linear paths :math:`g_p(x) = W_p x` with the same
     irreps, each on its own inputs: ``W`` is ``(P, d_out, d_in)``, ``X`` is ``(P, N, d_in)``
@@ -95,7 +97,8 @@ def linear_penalties(
     d\rho_{out}(A_k) W` (Lie derivatives), :math:`W D_{in}(P) - D_{out}(P) W` (reflection), so
     the cost no longer grows with the batch, and a model's layers are done in one go. The
     translation derivative :math:`W\tau_k` is the same for every :math:`x`. The same numbers as
-    :func:`lie_derivative` and :func:`translation_derivative` give per sample.
+    :func:`lie_derivative` and :func:`translation_derivative` give per sample. Each term is the
+    root of its sum of squares, or with ``root=False`` the sum itself.
     """
     S = X.detach().mT @ X.detach()
 
@@ -107,9 +110,9 @@ def linear_penalties(
     if position_columns:
         tangents = translation_tangents(X, position_columns)
         lie = lie + X.shape[1] * (tangents @ W.mT).pow(2).flatten(1).sum(1)
-    terms = {"lie": _root(lie), "norm": _root(squares(W))}
+    terms = {"lie": lie, "norm": squares(W)}
     if reflection is not None:
         D_in = representation(irreps_in, reflection).to(W)
         D_out = representation(irreps_out, reflection).to(W)
-        terms["reflection"] = _root(squares(W @ D_in - D_out @ W))
-    return terms
+        terms["reflection"] = squares(W @ D_in - D_out @ W)
+    return {name: root_of(value) for name, value in terms.items()} if root else terms

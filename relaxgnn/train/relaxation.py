@@ -39,6 +39,10 @@ class Relax(Callback):
         milestones, gamma: for ``Step``, as fractions of the schedule (e.g. ``[0.5, 0.75]``).
         lie_weight, norm_weight, reflection_weight: path penalty weights λ (default 0.01,
             0.01, 0 for the scheduled controller, the paper's; 0 for the learned ones, ACE's).
+        penalty_reduction: ``"global"``: one root over all paths (the relaxation paper's
+            :math:`\\lambda(\\sqrt{\\sum\\lVert Lg\\rVert^2} + \\sqrt{\\sum\\lVert g\\rVert^2})`, as
+            its code computes it); ``"per_path"``: a root per path, summed (see
+            :mod:`relaxgnn.relax.controller`).
         relative_penalty: multiply the path penalties by the (detached) task loss, so that λ
             is relative to the task's scale (a force-weighted loss of 1000 no longer makes
             λ = 0.01 meaningless).
@@ -46,9 +50,9 @@ class Relax(Callback):
             ``active_fraction`` of the run when it starts. A resumed run keeps the length it
             started with — extending a finished run trains on at θ = 0 — unless
             ``total_steps`` is given, which changes it (and says so).
-        dual_lr, dual_optimizer, rho, groups, init_gamma, gamma_lr: learned controllers only,
-            see :class:`~relaxgnn.relax.LearnedRelaxation` (ACE's N-body: dual_lr 8e-4, Adam;
-            ``gamma_lr`` puts γ and u in a parameter group of their own).
+        dual_lr, dual_optimizer, rho, groups, init_gamma, gamma_lr, auglag: learned controllers
+            only, see :class:`~relaxgnn.relax.LearnedRelaxation` (ACE's N-body: dual_lr 8e-4,
+            Adam, auglag 0; ``gamma_lr`` puts γ and u in a parameter group of their own).
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class Relax(Callback):
         lie_weight: float | None = None,
         norm_weight: float | None = None,
         reflection_weight: float = 0.0,
+        penalty_reduction: Literal["global", "per_path"] = "global",
         relative_penalty: bool = False,
         total_steps: int | None = None,
         controller: ControllerName = "scheduled",
@@ -71,6 +76,7 @@ class Relax(Callback):
         groups: dict[str, str] | None = None,
         init_gamma: float = 1.0,
         gamma_lr: float | None = None,
+        auglag: float = 0.0,
     ) -> None:
         if controller not in ("scheduled", "learned", "resilient"):
             raise ValueError(f"controller must be 'scheduled', 'learned' or 'resilient', got "
@@ -90,12 +96,13 @@ class Relax(Callback):
         default = 0.01 if controller == "scheduled" else 0.0
         self.weights = dict(lie_weight=default if lie_weight is None else lie_weight,
                             norm_weight=default if norm_weight is None else norm_weight,
-                            reflection_weight=reflection_weight)
+                            reflection_weight=reflection_weight,
+                            penalty_reduction=penalty_reduction)
         self.relative_penalty = relative_penalty
         self.total_steps = total_steps
         self.learned = dict(dual_lr=dual_lr, dual_optimizer=dual_optimizer,
                             resilient=controller == "resilient", rho=rho, groups=groups,
-                            init_gamma=init_gamma, gamma_lr=gamma_lr)
+                            init_gamma=init_gamma, gamma_lr=gamma_lr, auglag=auglag)
         self.controller: Relaxation | LearnedRelaxation | None = None
         self._length = 0
 
@@ -138,8 +145,8 @@ class Relax(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume: θ (or γ, λ, u) continue from the saved step; a schedule keeps the length the
         run started with (see the class docstring)."""
-        if self.controller is None or not state:
-            return
+        if self.controller is None or self._module.relaxation is not self.controller or not state:
+            return  # nothing to restore: testing a checkpoint after fit (the controller closed)
         saved = state.get("total_steps")
         if self.kind == "scheduled" and saved is not None and saved != self._length:
             if self.total_steps is None:
@@ -152,6 +159,12 @@ class Relax(Callback):
                                f"{self._length} {self.interval}s (Relax(total_steps=...))")
                 return
         self.controller.load_state_dict(state)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A learned controller's λ follows the model to its device (built in :meth:`setup`,
+        before the trainer moved the model)."""
+        if isinstance(self.controller, LearnedRelaxation):
+            self.controller.to(pl_module.device)
 
     def _index(self, trainer: Trainer) -> int:
         return trainer.global_step if self.interval == "step" else trainer.current_epoch
