@@ -146,11 +146,13 @@ def paper_overrides(n: int, arm: str, args: argparse.Namespace) -> list[str]:
     ]
 
 
-def run_record(n: int, arm: str, seed: int, args: argparse.Namespace) -> dict:
-    """Train and test one run of the paper grid; its result file's content."""
+def run_record(n: int, arm: str, seed: int, args: argparse.Namespace,
+               extra: list[str] | tuple[str, ...] = ()) -> dict:
+    """Train and test one run of the paper grid; its result file's content. ``extra``: more
+    CLI overrides (the tests' small data set)."""
     config, _ = PAPER_ARMS[arm]
     key = f"paper_n{n}_{slug(arm)}_s{seed}"
-    overrides = paper_overrides(n, arm, args)
+    overrides = [*paper_overrides(n, arm, args), *extra]
     result = train_and_test(Path(args.configs) / config, key, seed, args, overrides,
                             test_best=True)
     best_epoch, best_val = best_validation(result["val"])

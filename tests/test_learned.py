@@ -248,3 +248,38 @@ def test_a_learned_run_logs_saves_resumes_and_exports(tmp_path):
     [metrics] = make_trainer(tmp_path / "test").test(module, data, ckpt_path=ckpt,
                                                      verbose=False)
     assert metrics["test/mse"] > 0
+
+
+def test_augmented_lagrangian_term_adds_c_times_the_squared_violation():
+    """ACE's ``auglag_const``: the loss gains c·Σγ² on top of Σλγ (γ = 1 per path here)."""
+    plain, damped = LearnedRelaxation(segnn()), LearnedRelaxation(segnn(), auglag=0.5)
+    assert plain.penalty().item() == 0.0  # λ = 0 at the start
+    assert damped.penalty().item() == pytest.approx(0.5 * len(damped.groups))
+    with pytest.raises(ValueError, match="auglag"):
+        LearnedRelaxation(segnn(), auglag=-1.0)
+
+
+def test_dual_variables_follow_the_model_to_its_device():
+    """The Relax callback builds the controller in ``setup``, before the trainer moves the
+    model; at the start of fit λ (and the dual optimiser's state) must follow γ to the model's
+    device, or the penalty mixes devices (here the ``meta`` device stands in for a GPU)."""
+    from types import SimpleNamespace
+
+    from relaxgnn.train import Relax
+    from relaxgnn.train.module import RelaxGNNModule
+
+    module = RelaxGNNModule(model=segnn())
+    callback = Relax(controller="learned")
+    trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=1)
+    callback.setup(trainer, module, "fit")
+    controller = callback.controller
+    controller.step(0)
+    controller.dual_step()  # some dual optimiser state to move along
+    module.to("meta")  # what the trainer does between setup and on_fit_start
+    callback.on_fit_start(trainer, module)
+    assert controller.lambdas.device.type == "meta"
+    moments = [v for state in controller.state_dict()["dual"]["state"].values()
+               for v in state.values() if torch.is_tensor(v) and v.dim() > 0]
+    assert moments and all(v.device.type == "meta" for v in moments)
+    assert controller.penalty().device.type == "meta"
+    assert controller.gamma(controller.groups[0]).device.type == "meta"
