@@ -202,10 +202,10 @@ def paired_difference(arm: dict[int, float], plain: dict[int, float]
 
 
 def verdict(name: str, arm: dict[int, float], plain: dict[int, float], where: str = "",
-            lower_is_better: bool = True) -> str | None:
-    """One plain sentence: does ``name`` differ from plain beyond the seed spread, and by how
-    many percent of plain's mean (see :func:`paired_difference`); a difference beyond the
-    spread but under 1 % is called negligible."""
+            lower_is_better: bool = True, reference: str = "plain") -> str | None:
+    """One plain sentence: does ``name`` differ from ``reference`` (values ``plain``) beyond the
+    seed spread, and by how many percent of its mean (see :func:`paired_difference`); a
+    difference beyond the spread but under 1 % is called negligible."""
     stats = paired_difference(arm, plain)
     if stats is None:
         return None
@@ -213,8 +213,9 @@ def verdict(name: str, arm: dict[int, float], plain: dict[int, float], where: st
     rel = 100 * mean / statistics.mean(plain.values())
     where = f"{where}: " if where else ""
     if not significant:
-        return f"{where}{name} does not differ from plain ({rel:+.1f} %, within the seed spread)"
+        return (f"{where}{name} does not differ from {reference} ({rel:+.1f} %, within the seed "
+                "spread)")
     better = (mean < 0) == lower_is_better
     size = "negligibly " if abs(rel) < 1 else ""  # consistent across seeds, but < 1 %
-    return (f"{where}{name} is {size}{'better' if better else 'worse'} than plain ({rel:+.1f} %, "
-            "beyond the seed spread)")
+    return (f"{where}{name} is {size}{'better' if better else 'worse'} than {reference} "
+            f"({rel:+.1f} %, beyond the seed spread)")

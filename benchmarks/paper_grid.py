@@ -16,7 +16,12 @@ epoch. Each arm keeps its own optimizer settings:
   MLP branches, γ = 0 by a multiplier stepped by Adam at 8e-4 after every step);
 * ``plain, ACE's optimizer`` — plain at ACE's lr 9e-4 and no weight decay, so that a gain of
   ACE is not mistaken for a learning-rate gain;
-* ``plain, no |v|`` — plain without the speed input (relaxgnn's N-body input before |v|).
+* ``plain, no |v|`` — plain without the speed input (relaxgnn's N-body input before |v|);
+* ``ACE, ACE's protocol`` — ACE as its own code runs it, a check of the published number: 2000
+  epochs, no rotation augmentation, absolute positions as input (``mean_pos = 0`` in its
+  ``train_nbody.py``: equivariant about the origin, not to translations), λ by Adam after every
+  step; and ``plain, ACE's protocol``, plain at the same protocol and optimizer, to tell what
+  the protocol gives from what the relaxation gives. Two seeds.
 
 Every run writes one small result file (:func:`run_record`) from which the tables and plots
 (``paper_report.py``) are rebuilt without training.
@@ -45,11 +50,21 @@ PAPER_ARMS: dict[str, tuple[str, list[str]]] = {
         "--model.optimizer.init_args.lr=9.0e-4",
         "--model.optimizer.init_args.weight_decay=0.0"]),
     "plain, no |v|": ("nbody_segnn.yaml", ["--model.model.init_args.speed_input=false"]),
+    "ACE, ACE's protocol": ("nbody_segnn_dual.yaml", [
+        "--model.random_rotation=false", "--model.model.init_args.position_input=absolute"]),
+    "plain, ACE's protocol": ("nbody_segnn.yaml", [
+        "--model.optimizer.init_args.lr=9.0e-4", "--model.optimizer.init_args.weight_decay=0.0",
+        "--model.random_rotation=false", "--model.model.init_args.position_input=absolute"]),
 }
+#: arms that train longer than the grid's epochs, by this factor (ACE's code: 2000 epochs)
+EPOCH_FACTOR = {"ACE, ACE's protocol": 2, "plain, ACE's protocol": 2}
 MAIN_ARMS = ["plain", "CR", "ACE", "plain, ACE's optimizer"]
-#: (training trajectories, arms), in the order the grid runs them: the papers' cell first
-PAPER_CELLS: list[tuple[int, list[str]]] = [
-    (3000, MAIN_ARMS), (300, MAIN_ARMS), (1000, MAIN_ARMS), (3000, ["plain, no |v|"])]
+#: (training trajectories, arms, at most this many seeds), in the order the grid runs them:
+#: the papers' cell first
+PAPER_CELLS: list[tuple[int, list[str], int | None]] = [
+    (3000, MAIN_ARMS, None), (300, MAIN_ARMS, None), (1000, MAIN_ARMS, None),
+    (3000, ["plain, no |v|"], None),
+    (3000, ["ACE, ACE's protocol", "plain, ACE's protocol"], 2)]
 VAL_EVERY = 5
 
 
@@ -61,7 +76,8 @@ def paper_keys(seeds: int) -> dict[str, tuple[int, str, int]]:
     """``{key: (trajectories, arm, seed)}``: per cell, seed by seed, so that a grid cut off
     part-way has every arm of a cell at the same seeds."""
     return {f"paper_n{n}_{slug(arm)}_s{seed}": (n, arm, seed)
-            for n, arms in PAPER_CELLS for seed in range(seeds) for arm in arms}
+            for n, arms, most in PAPER_CELLS for seed in range(min(seeds, most or seeds))
+            for arm in arms}
 
 
 def best_validation(val: dict[int, float]) -> tuple[int, float]:
@@ -132,12 +148,16 @@ def _commit() -> str:
         return "unknown"
 
 
+def arm_epochs(arm: str, args: argparse.Namespace) -> int:
+    return args.epochs * EPOCH_FACTOR.get(arm, 1)
+
+
 def paper_overrides(n: int, arm: str, args: argparse.Namespace) -> list[str]:
     """The CLI overrides of one run: the protocol (epochs, validation every 5 epochs on all
     2,000 validation trajectories, all 2,000 test trajectories), the training set size, the
     data folder, and the arm's own."""
     return [
-        f"--trainer.max_epochs={args.epochs}",
+        f"--trainer.max_epochs={arm_epochs(arm, args)}",
         f"--trainer.check_val_every_n_epoch={VAL_EVERY}",
         f"--data.train.init_args.max_samples={n}",
         "--data.val.init_args.max_samples=null", "--data.test.init_args.max_samples=null",
@@ -164,7 +184,8 @@ def run_record(n: int, arm: str, seed: int, args: argparse.Namespace,
     batches = math.ceil(n / 100)
     return {
         "study": "paper", "key": key, "arm": arm, "config": config, "overrides": overrides,
-        "trajectories": n, "epochs": args.epochs, "seed": seed, "steps": args.epochs * batches,
+        "trajectories": n, "epochs": arm_epochs(arm, args), "seed": seed,
+        "steps": arm_epochs(arm, args) * batches,
         "best_epoch": best_epoch, "best_val_mse": best_val,
         "test_mse_best": result["test_best"]["test/mse"],
         "test_mse_final": result["test"]["test/mse"],

@@ -27,7 +27,10 @@ PUBLISHED: dict[str, list[tuple[str, float, float | None]]] = {
     "ACE": [("ACE paper (3 seeds)", 3.8e-3, 0.17e-3)],
 }
 COLOURS = {"plain": "tab:blue", "CR": "tab:orange", "ACE": "tab:green",
-           "plain, ACE's optimizer": "tab:purple", "plain, no |v|": "tab:gray"}
+           "plain, ACE's optimizer": "tab:purple", "plain, no |v|": "tab:gray",
+           "ACE, ACE's protocol": "tab:olive", "plain, ACE's protocol": "tab:cyan"}
+#: the arm each arm is compared with, paired by seed (default plain)
+REFERENCE = {"ACE, ACE's protocol": "plain, ACE's protocol"}
 
 
 def load_results(folder: Path = RESULTS) -> list[dict]:
@@ -58,24 +61,26 @@ def _mean_std(values: list[float], scale: float = 1e3) -> str:
 
 def cell_table(n: int, arms: dict[str, dict[int, dict]]) -> list[str]:
     """The markdown table of one cell (MSE in units of 1e-3)."""
-    plain = {s: r["test_mse_best"] for s, r in arms.get("plain", {}).items()}
+    best_of = {arm: {s: r["test_mse_best"] for s, r in runs.items()} for arm, runs in arms.items()}
     lines = [f"**{n:,} training trajectories** ({_steps(arms)} optimizer steps; test MSE ×10⁻³ of "
              "the projected model on the 2,000 test trajectories)", "",
-             "| arm | seeds | test MSE at the best validation epoch | per seed | Δ vs plain, "
-             "paired | test MSE at the last epoch | best epoch | min per run |",
+             "| arm | seeds | test MSE at the best validation epoch | per seed | Δ, paired "
+             "(vs plain unless named) | test MSE at the last epoch | best epoch | min per run |",
              "|---|---|---|---|---|---|---|---|"]
     verdicts = []
     for arm, runs in arms.items():
         seeds = sorted(runs)
-        best = {s: runs[s]["test_mse_best"] for s in seeds}
-        delta = ""
-        if arm != "plain":
-            stats = paired_difference(best, plain)
+        best = best_of[arm]
+        delta, reference = "", REFERENCE.get(arm, "plain")
+        if arm != reference:
+            ref = best_of.get(reference, {})
+            stats = paired_difference(best, ref)
             if stats is not None:
-                rel = 100 * stats[0] / statistics.mean(plain[s] for s in best if s in plain)
+                rel = 100 * stats[0] / statistics.mean(ref[s] for s in best if s in ref)
                 delta = (f"{stats[0] * 1e3:+.2f} ± {stats[1] * 1e3:.2f} ({rel:+.1f} %)"
-                         f"{' *' if stats[2] else ''}")
-                verdicts.append(verdict(arm, best, plain))
+                         f"{' *' if stats[2] else ''}"
+                         + (f" vs {reference}" if reference != "plain" else ""))
+                verdicts.append(verdict(arm, best, ref, reference=reference))
         lines.append(
             f"| {arm} | {len(seeds)} | {_mean_std(list(best.values()))} | "
             + ", ".join(f"{best[s] * 1e3:.2f}" for s in seeds) + f" | {delta} | "

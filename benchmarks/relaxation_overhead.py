@@ -56,7 +56,7 @@ def build(model: str, relax):
         return EGNN(hidden_channels=64, num_layers=4, velocity_field="vel",
                     pair_fields=["charges"], output="position", relax=relax)
     return SEGNN({"vel": "1x1o"}, hidden_features=64, lmax=1, num_layers=4,
-                 velocity_field="vel", pair_fields=["charges"], centred_position_input=True,
+                 velocity_field="vel", pair_fields=["charges"], position_input="centred",
                  output="position", relax=relax)
 
 

@@ -267,7 +267,7 @@ def segnn_step(repeats: int):
         torch.manual_seed(0)
         model = SEGNN({"vel": "1x1o"}, hidden_features=64, lmax=1, num_layers=4,
                       velocity_field="vel", pair_fields=["charges"],
-                      centred_position_input=True, output="position")
+                      position_input="centred", output="position")
         if route_ptr:
             for conv in model.layers:
                 def aggregate(self, inputs, index, ptr_=None, dim_size=None):

@@ -77,7 +77,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = SEGNN({"vel": "1x1o"}, hidden_features=64, lmax=1, num_layers=4,
                       velocity_field="vel", pair_fields=["charges"],
-                      centred_position_input=True)
+                      position_input="centred")
         eager = step_time(model, batch, args.repeats)
         torch._dynamo.reset()
         compiled = step_time(torch.compile(model, dynamic=False), batch, args.repeats)

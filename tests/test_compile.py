@@ -24,7 +24,7 @@ def _models():
     yield "segnn", "inductor", lambda: SEGNN({"vel": "1x1o"}, hidden_features=8, lmax=1,
                                              num_layers=1, velocity_field="vel",
                                              pair_fields=["charges"],
-                                             centred_position_input=True)
+                                             position_input="centred")
 
 
 @pytest.mark.parametrize("name, backend, build", list(_models()),
@@ -55,7 +55,7 @@ def test_compiled_relaxed_model_follows_theta_without_recompiling():
 
     torch.manual_seed(0)
     model = SEGNN({"vel": "1x1o"}, hidden_features=8, lmax=1, num_layers=2, velocity_field="vel",
-                  pair_fields=["charges"], centred_position_input=True, relax="linear")
+                  pair_fields=["charges"], position_input="centred", relax="linear")
     data = FullyConnected()(Batch.from_data_list(
         [point_cloud(5, torch.float32, seed=s) for s in range(3)]))
     relax = Relaxation(model, Triangle(1.0, 10), lie_weight=0.1, norm_weight=0.1)
@@ -97,7 +97,7 @@ def test_compiling_a_relaxed_model_after_the_plain_one_keeps_its_paths():
         torch.manual_seed(0)
         return SEGNN({"vel": "1x1o"}, hidden_features=8, lmax=1, num_layers=1,
                      velocity_field="vel", pair_fields=["charges"],
-                     centred_position_input=True, relax=relax)
+                     position_input="centred", relax=relax)
 
     data = FullyConnected()(Batch.from_data_list(
         [point_cloud(5, torch.float32, seed=s) for s in range(2)]))

@@ -24,7 +24,7 @@ def classifier(kind: str, relax=None, seed: int = 0) -> torch.nn.Module:
         if kind == "SEGNN":
             return SEGNN(hidden_features=8, num_layers=2, output="graph",
                          irreps_out=f"{CLASSES}x0e", pooling="mean", knn=5,
-                         centred_position_input=True, relax=relax)
+                         position_input="centred", relax=relax)
         return TPNet(hidden_features=8, lmax=1, num_layers=2, cutoff=3.0, output="graph",
                      irreps_out=f"{CLASSES}x0e", pooling="mean", knn=5, relax=relax)
 

@@ -36,7 +36,7 @@ def test_best_validation_is_the_first_strictly_lowest_epoch():
 
 def test_paper_keys_cover_every_cell_seed_by_seed():
     keys = paper_grid.paper_keys(seeds=3)
-    assert len(keys) == 3 * (4 + 4 + 4 + 1)
+    assert len(keys) == 3 * (4 + 4 + 4 + 1) + 2 * 2  # ACE's protocol: two seeds
     first = list(keys.values())[:5]
     assert [k[:2] for k in first[:4]] == [(3000, arm) for arm in paper_grid.MAIN_ARMS]
     assert first[4] == (3000, "plain", 1)  # seed 1 starts only when seed 0 has every arm
@@ -63,8 +63,9 @@ def test_every_arm_trains_with_its_own_settings_and_records_the_protocol(paper_r
     args, runs = paper_runs
     assert set(runs) == set(paper_grid.PAPER_ARMS)
     for arm, r in runs.items():
-        assert r["arm"] == arm and r["epochs"] == 2 and r["steps"] == 2  # 8 samples: a batch
-        assert r["best_epoch"] in r["val"] and r["final_epoch"] == 1
+        epochs = 2 * paper_grid.EPOCH_FACTOR.get(arm, 1)  # ACE's protocol: twice the epochs
+        assert r["arm"] == arm and r["epochs"] == epochs and r["steps"] == epochs  # one batch
+        assert r["best_epoch"] in r["val"] and r["final_epoch"] == epochs - 1
         assert r["best_val_mse"] == min(r["val"].values())
         assert 0 < r["test_mse_best"] < 10 and 0 < r["test_mse_final"] < 10
         assert r["projected_equivariance"] < 1e-4
@@ -85,6 +86,11 @@ def test_every_arm_trains_with_its_own_settings_and_records_the_protocol(paper_r
     assert relax["CR"][0]["init_args"]["penalty_reduction"] == "global"
     assert relax["ACE"][0]["init_args"]["controller"] == "learned"
     assert not relax["plain"] and not relax["plain, ACE's optimizer"]
+    for arm, c in config.items():  # ACE's protocol: no rotations, absolute positions
+        own = "ACE's protocol" in arm
+        assert c["model"]["random_rotation"] is not own
+        assert c["model"]["model"]["init_args"]["position_input"] == (
+            "absolute" if own else "centred")
     assert set(runs["ACE"]["curves"]) >= {"abs_gamma", "lambda", "train_mse"}
     assert "theta" in runs["CR"]["curves"]
 
@@ -128,3 +134,8 @@ def test_cell_table_pairs_seeds_and_gives_a_verdict():
     assert "CR is better than plain (-8.3 %, beyond the seed spread)" in lines
     assert "ACE does not differ from plain" in lines
     assert "| 150, 150, 150 | 30, 30, 30 |" in lines
+    own = [_record("plain, ACE's protocol", s, v) for s, v in enumerate([4e-3, 5e-3])]
+    own += [_record("ACE, ACE's protocol", s, v) for s, v in enumerate([4.2e-3, 4.9e-3])]
+    lines = "\n".join(paper_report.cell_table(3000, paper_report.cells(results + own)[3000]))
+    assert "(+1.1 %) vs plain, ACE's protocol |" in lines  # its own reference, not plain
+    assert "ACE, ACE's protocol does not differ from plain, ACE's protocol" in lines

@@ -294,7 +294,10 @@ def test_conv_bad_inputs_and_no_edges():
 FIELDS = {"vel": "1x1o", "charges": "1x0e"}
 MODELS = {
     "position-vel": dict(output="position", fields=FIELDS, velocity_field="vel"),
-    "position": dict(output="position", fields={"charges": "1x0e"}, centred_position_input=True),
+    "position": dict(output="position", fields={"charges": "1x0e"}, position_input="centred"),
+    # ACE's N-body inputs [x, v, |v|] (absolute positions): O(3) about the origin only
+    "absolute": dict(output="position", fields={"charges": "1x0e"}, velocity_field="vel",
+                     position_input="absolute", speed_input=True),
     "node-vel": dict(output="node", fields={"charges": "1x0e"}, velocity_field="vel",
                      irreps_out="1x0e+1x1o"),
     "node": dict(output="node", fields=FIELDS),
@@ -328,6 +331,29 @@ def test_model_equivariant_float64(name, batch64):
 @pytest.mark.parametrize("name", ["position-vel", "node-vel", "graph"])
 def test_model_equivariant_float32(name, batch32):
     check_equivariant(model(name, torch.float32), batch32, 1e-5, seeds=(0,))
+
+
+def test_absolute_positions_claim_no_translation_and_break_it():
+    """The signature leaves translation out (so the default checks pass above), and the claim
+    is honest: a translation changes the prediction by more than the shift."""
+    m = model("absolute")
+    assert "translation" not in m.signature.symmetries
+    assert "translation" in model("position").signature.symmetries
+    data = Batch.from_data_list([molecule_data("H2O"), point_cloud(5, seed=3)])
+    assert equivariance_error(m, data, checks=("translation",))["translation"] > 1e-3
+    with pytest.raises(ValueError, match="position_input"):
+        SEGNN(position_input="centered")
+
+
+def test_speed_input_is_the_velocity_norm():
+    """``speed_input`` appends ‖v‖ (a scalar) to the node input: the embedding's input grows by
+    one 0e, and it needs a velocity field."""
+    with_speed = SEGNN({"charges": "1x0e"}, velocity_field="vel", speed_input=True,
+                       position_input="centred")
+    without = SEGNN({"charges": "1x0e"}, velocity_field="vel", position_input="centred")
+    assert with_speed.irreps_in == without.irreps_in + o3.Irreps("1x0e")
+    with pytest.raises(ValueError, match="speed_input reads the norm of velocity_field"):
+        SEGNN({"charges": "1x0e"}, speed_input=True)
 
 
 def test_signature():

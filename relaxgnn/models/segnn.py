@@ -18,7 +18,7 @@ from ..nn.o3_blocks import O3TensorProduct, O3TensorProductGate, balanced_irreps
 from ..nn.segnn_conv import SEGNNConv
 from ..relax.attach import relax_layers
 from ..symmetry.irreps import IrrepsLike, as_irreps
-from ..symmetry.signature import Signature
+from ..symmetry.signature import CHECKS, Signature
 from .inputs import GraphInputs
 from .io import records_init_args
 from .pooling import Pool, check_pooling, pool
@@ -36,7 +36,9 @@ class SEGNN(nn.Module):
             e_{ij} = [\lVert r_{ij}\rVert \,\Vert\, q_i q_j]\big),
 
     where :math:`f_i` are the input fields (any irreps), the element one-hot and, with
-    ``centred_position_input``, :math:`x_i - \bar x_{G(i)}` (the mean of the node's graph), with
+    ``position_input="centred"``, :math:`x_i - \bar x_{G(i)}` (the mean of the node's graph;
+    ``"absolute"``: :math:`x_i` itself, as ACE's N-body code, which makes the model equivariant
+    to rotations and reflections about the origin but not to translations), with
     ``speed_input`` the speed :math:`\lVert v_i\rVert` of the ``velocity_field`` (SEGNN's N-body
     input :math:`[x_i - \bar x, v_i, \lVert v_i\rVert]`), and
     :math:`\tilde W_a(x) = W(x \otimes a) + b`. The attributes :math:`a_{ij}, a_i` are spherical
@@ -59,7 +61,8 @@ class SEGNN(nn.Module):
         velocity_field: a ``1x1o`` field whose spherical harmonics are added to :math:`a_i`.
         pair_fields: scalar node fields :math:`q` whose products :math:`q_i q_j` are invariant
             edge features next to the distance (SEGNN's charges in the N-body task).
-        centred_position_input: append positions centred per graph as a ``1x1o`` input.
+        position_input: append positions as a ``1x1o`` input, ``"centred"`` per graph or
+            ``"absolute"`` (not translation-equivariant); ``None``: no position input.
         speed_input: append the norm of ``velocity_field`` as a ``1x0e`` input.
         output: ``"position"``, ``"node"`` or ``"graph"``.
         irreps_out: output irreps (default ``1x1o`` for ``"position"``, else ``1x0e``).
@@ -91,7 +94,7 @@ class SEGNN(nn.Module):
         num_layers: int = 4,
         velocity_field: str | None = None,
         pair_fields: Sequence[str] = (),
-        centred_position_input: bool = False,
+        position_input: Literal["centred", "absolute"] | None = None,
         speed_input: bool = False,
         output: Output = "position",
         irreps_out: IrrepsLike | None = None,
@@ -113,7 +116,10 @@ class SEGNN(nn.Module):
             raise ValueError(f"lmax_attr must be >= 0, got {self.lmax_attr}")
         self.velocity_field = velocity_field
         self.pair_fields = tuple(pair_fields)
-        self.centred_position_input = centred_position_input
+        if position_input not in ("centred", "absolute", None):
+            raise ValueError(f"position_input must be 'centred', 'absolute' or None, got "
+                             f"{position_input!r}")
+        self.position_input = position_input
         if speed_input and not velocity_field:
             raise ValueError("speed_input reads the norm of velocity_field: give velocity_field")
         self.speed_input = speed_input
@@ -129,7 +135,7 @@ class SEGNN(nn.Module):
         self.irreps_hidden = as_irreps(irreps_hidden) if irreps_hidden is not None \
             else balanced_irreps(hidden_features, lmax, self.irreps_attr)
         self.irreps_in = (self.inputs.irreps
-                          + (o3.Irreps("1x1o") if centred_position_input else o3.Irreps(""))
+                          + (o3.Irreps("1x1o") if position_input else o3.Irreps(""))
                           + (o3.Irreps("1x0e") if speed_input else o3.Irreps("")))
         H, A = self.irreps_hidden, self.irreps_attr
         self.embedding = O3TensorProduct(self.irreps_in, A, H)
@@ -158,9 +164,12 @@ class SEGNN(nn.Module):
         if self.velocity_field:
             irreps_in[self.velocity_field] = "1x1o"
         irreps_in.update(dict.fromkeys(self.pair_fields, "1x0e"))
+        symmetries = tuple(c for c in CHECKS
+                           if c != "translation" or self.position_input != "absolute")
         if self.output == "position":
-            return Signature(irreps_in, "1x1o", "node", output_translates=True)
-        return Signature(irreps_in, self.irreps_out, self.output)
+            return Signature(irreps_in, "1x1o", "node", output_translates=True,
+                             symmetries=symmetries)
+        return Signature(irreps_in, self.irreps_out, self.output, symmetries=symmetries)
 
     def attributes(self, data: Data, edge_index: Tensor, shift: Tensor | None
                    ) -> tuple[Tensor, Tensor, Tensor]:
@@ -184,8 +193,10 @@ class SEGNN(nn.Module):
             pairs = self.inputs.pair_features(data, edge_index, self.pair_fields)
             edge_feat = torch.cat([edge_feat, pairs], -1)
         f = self.inputs.node_features(data)
-        if self.centred_position_input:
+        if self.position_input == "centred":
             f = torch.cat([f, centre_per_graph(data.pos, batch)], -1)
+        elif self.position_input == "absolute":
+            f = torch.cat([f, data.pos], -1)
         if self.speed_input:
             vel = self.inputs.vector(data, self.velocity_field)
             f = torch.cat([f, torch.linalg.vector_norm(vel, dim=-1, keepdim=True)], -1)

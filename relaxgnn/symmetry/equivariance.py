@@ -27,9 +27,7 @@ from .group import (
     random_translation,
 )
 from .irreps import representation
-from .signature import Signature
-
-CHECKS = ("rotation", "reflection", "translation", "permutation")
+from .signature import CHECKS, Signature
 
 
 def _batch_vector(data: Data) -> Tensor:
@@ -84,7 +82,7 @@ def equivariance_error(
     model: Callable[[Data], Tensor],
     data: Data,
     signature: Signature | None = None,
-    checks: tuple[str, ...] = CHECKS,
+    checks: tuple[str, ...] | None = None,
     trials: int = 1,
     seed: Seed = 0,
     transform: Callable[[Data], Data] | None = None,
@@ -95,7 +93,8 @@ def equivariance_error(
         model: a callable ``Data -> Tensor``; its ``signature`` attribute is used unless
             ``signature`` is given (for plain functions or layers wrapped in a lambda).
         data: a ``Data`` or ``Batch`` with the fields the signature declares.
-        checks: any of ``"rotation"``, ``"reflection"``, ``"translation"``, ``"permutation"``.
+        checks: any of ``"rotation"``, ``"reflection"``, ``"translation"``, ``"permutation"``;
+            default: the signature's ``symmetries`` (those the model claims).
         trials: random group elements per check; the largest error is reported.
         seed: seeds the random group elements (an ``int`` or ``torch.Generator``).
         transform: applied to the data after the group action and before the model (e.g. a
@@ -110,6 +109,7 @@ def equivariance_error(
             "equivariance_error needs a Signature: give the model a `signature` attribute or "
             "pass signature=..."
         )
+    checks = signature.symmetries if checks is None else checks
     unknown = set(checks) - set(CHECKS)
     if unknown:
         raise ValueError(f"unknown checks {sorted(unknown)}; choose from {CHECKS}")

@@ -9,6 +9,9 @@ from e3nn import o3
 
 from .irreps import IrrepsLike, as_irreps
 
+#: the transformations :func:`~relaxgnn.symmetry.equivariance_error` can apply
+CHECKS = ("rotation", "reflection", "translation", "permutation")
+
 
 @dataclass(frozen=True, init=False)
 class Signature:
@@ -22,6 +25,9 @@ class Signature:
         level: ``"node"`` (one row per node: permuted with the nodes) or ``"graph"``.
         translated: input fields that a translation shifts (positions).
         output_translates: whether the output is itself a position (shifted by translations).
+        symmetries: the transformations the model is equivariant to, which
+            :func:`~relaxgnn.symmetry.equivariance_error` checks by default (all of ``CHECKS``;
+            a model that reads absolute positions leaves out ``"translation"``).
 
     Every node-level field of the data is permuted under a node permutation, declared or not.
     """
@@ -31,6 +37,7 @@ class Signature:
     level: Literal["node", "graph"] = "node"
     translated: tuple[str, ...] = ("pos",)
     output_translates: bool = False
+    symmetries: tuple[str, ...] = CHECKS
 
     def __init__(
         self,
@@ -39,6 +46,7 @@ class Signature:
         level: Literal["node", "graph"] = "node",
         translated: tuple[str, ...] = ("pos",),
         output_translates: bool = False,
+        symmetries: tuple[str, ...] = CHECKS,
     ) -> None:
         if level not in ("node", "graph"):
             raise ValueError(f"level must be 'node' or 'graph', got {level!r}")
@@ -56,3 +64,7 @@ class Signature:
         object.__setattr__(self, "level", level)
         object.__setattr__(self, "translated", tuple(translated))
         object.__setattr__(self, "output_translates", output_translates)
+        unknown = set(symmetries) - set(CHECKS)
+        if unknown:
+            raise ValueError(f"unknown symmetries {sorted(unknown)}; choose from {CHECKS}")
+        object.__setattr__(self, "symmetries", tuple(symmetries))
