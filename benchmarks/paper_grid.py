@@ -109,10 +109,11 @@ def _series(column: str) -> str | None:
 
 
 def run_curves(metrics_csv: Path, epochs: list[int]) -> dict[str, dict[int, float]]:
-    """Per-epoch curves of a run from its ``metrics.csv``, at the given epochs: the training MSE
-    and penalty (epoch means), θ, the mean |γ| and λ over path groups, and the mean path norm
-    and Lie derivative over paths (last values of the epoch; γ, λ, norms are logged per group
-    or path). Only the series the run logged are present."""
+    """Per-epoch curves of a run from its ``metrics.csv``: at the given (validation) epochs the
+    training MSE and penalty (epoch means), θ, and the mean |γ| and λ over path groups (last
+    values of the epoch); and at every epoch where they were logged (the equivariance monitor's,
+    every 300 steps) the mean path norm and Lie derivative over paths. Only the series the run
+    logged are present."""
     means: dict[str, dict[int, list[float]]] = {}
     last: dict[str, dict[int, dict[str, float]]] = {}
     with metrics_csv.open() as f:
@@ -134,10 +135,32 @@ def run_curves(metrics_csv: Path, epochs: list[int]) -> dict[str, dict[int, floa
     for name, per_epoch in means.items():
         out[name] = {e: statistics.fmean(per_epoch[e]) for e in epochs if e in per_epoch}
     for name, per_epoch in last.items():
-        out[name] = {e: statistics.fmean(per_epoch[e].values()) for e in epochs
-                     if e in per_epoch}
+        keep = sorted(per_epoch) if name in ("path_norm", "lie_derivative") else epochs
+        out[name] = {e: statistics.fmean(per_epoch[e].values()) for e in keep if e in per_epoch}
     return {name: {e: float(f"{v:.6g}") for e, v in curve.items()}
             for name, curve in out.items() if curve}
+
+
+def refresh_curves(results: Path, runs: Path) -> list[str]:
+    """Recompute the curves of every result file in ``results`` from its run's metrics.csv
+    under ``runs`` (the grid's ``--out``), for results written before a fix of
+    :func:`run_curves`; the record notes the commit that recomputed them. Returns the keys."""
+    import json
+
+    from relaxgnn.atomic import atomic_write_text
+
+    done = []
+    for path in sorted(Path(results).glob("*.json")):
+        record = json.loads(path.read_text())
+        metrics = Path(runs) / record["key"] / "version_0" / "metrics.csv"
+        if not metrics.is_file():
+            continue
+        epochs = sorted(int(e) for e in record["val"])
+        record["curves"] = run_curves(metrics, epochs)
+        record["curves_recomputed_by"] = _commit()
+        atomic_write_text(path, json.dumps(record, indent=2))
+        done.append(record["key"])
+    return done
 
 
 def _commit() -> str:

@@ -236,7 +236,15 @@ def main() -> None:
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--out", default=str(Path(__file__).parent),
                         help="folder of relaxation_paper.md and the plots")
+    parser.add_argument("--refresh-curves-from", metavar="RUNS", default=None,
+                        help="first recompute the result files' curves from the metrics.csv of "
+                             "their runs under RUNS (the grid's --out)")
     args = parser.parse_args()
+    if args.refresh_curves_from:
+        from paper_grid import refresh_curves
+
+        keys = refresh_curves(Path(args.results), Path(args.refresh_curves_from))
+        print(f"curves recomputed for {len(keys)} runs")
     results = load_results(Path(args.results))
     out = Path(args.out)
     text = markdown(results)

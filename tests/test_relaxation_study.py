@@ -110,6 +110,19 @@ def test_result_files_round_trip_into_the_report(paper_runs, tmp_path):
     paper_report.plot_dynamics(results, tmp_path / "d.png", n=8)
 
 
+def test_curves_are_recomputed_from_the_runs_metrics(paper_runs):
+    """A result file whose curves were lost (or computed by an older ``run_curves``) gets them
+    back from its run's metrics.csv."""
+    args, runs = paper_runs
+    path = Path(args.results) / f"k_{paper_grid.slug('ACE')}.json"
+    record = json.loads(path.read_text())
+    original, record["curves"] = record["curves"], {}
+    path.write_text(json.dumps(record))
+    assert "paper_n8_ACE_s0" in paper_grid.refresh_curves(Path(args.results), Path(args.out))
+    refreshed = json.loads(path.read_text())
+    assert refreshed["curves"] == original and len(refreshed["curves_recomputed_by"]) == 40
+
+
 def _int_keys(d: dict) -> dict:
     return {int(k) if k.isdigit() else k: v for k, v in d.items()}
 
