@@ -102,16 +102,34 @@ def _data_nbody(argv: list[str]) -> int:
     return 0
 
 
-def _fail(command: str, err: BaseException) -> int:
-    if os.environ.get("RELAXGNN_TRACEBACK"):
+def _fail(command: str, err: BaseException | str) -> int:
+    if os.environ.get("RELAXGNN_TRACEBACK") and isinstance(err, BaseException):
         raise err
     print(f"relaxgnn {command}: error: {err}", file=sys.stderr)
     return 2
 
 
+def _missing_training_extra() -> str | None:
+    """The first package of the ``train`` extra that cannot be imported, or ``None``."""
+    import importlib.util
+
+    for module in ("lightning", "jsonargparse", "yaml", "matplotlib"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a module set to None in sys.modules
+            found = False
+        if not found:
+            return module
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in TRAIN_COMMANDS:
+        missing = _missing_training_extra()
+        if missing:
+            return _fail(argv[0], f"it needs {missing}, of the training extra: "
+                                  "pip install 'relaxgnn[train]'")
         from .train.cli import run_lightning
 
         try:
@@ -123,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         return _data_nbody(argv[2:])
     args = build_parser().parse_args(argv)
     if args.command == "project":
+        missing = _missing_training_extra()
+        if missing:
+            return _fail("project", f"it needs {missing}, of the training extra: "
+                                    "pip install 'relaxgnn[train]'")
         from .train.cli import project_checkpoint
 
         try:

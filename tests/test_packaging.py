@@ -72,3 +72,27 @@ def test_cli_version():
         text=True,
     ).stdout
     assert out.startswith("relaxgnn ")
+
+
+def test_training_commands_without_the_train_extra_say_what_to_install():
+    """Without Lightning (the ``train`` extra), ``relaxgnn fit`` and ``project`` print one line
+    naming the extra, not a traceback."""
+    code = ("import sys; sys.modules['lightning'] = None\n"
+            "from relaxgnn.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))")
+    for args in (["fit", "--config", "x.yaml"], ["project", "a.ckpt", "b.pt"]):
+        result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                                text=True)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            f"relaxgnn {args[0]}: error: it needs lightning, of the training extra: "
+            "pip install 'relaxgnn[train]'"]
+
+
+def test_license_and_metadata():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT" and "MIT License" in (ROOT / "LICENSE").read_text()
+    assert project["authors"] and project["keywords"]
+    classifiers = set(project["classifiers"])
+    assert "Programming Language :: Python :: 3.11" in classifiers
+    assert any(c.startswith("Topic :: Scientific/Engineering") for c in classifiers)

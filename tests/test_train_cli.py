@@ -2,6 +2,7 @@
 test/project commands, clear errors before training, exact resume after SIGKILL, and DDP."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -49,10 +50,10 @@ def tiny_config(tmp_path: Path, **trainer) -> Path:
     return path
 
 
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([str(RELAXGNN), *args], capture_output=True, text=True, env=env,
-                            timeout=600)
+                            timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"relaxgnn {' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return result
@@ -200,6 +201,27 @@ def test_ddp_two_cpu_processes_agree(tmp_path):
     assert len(ranks[0]["thetas"]) == 2 * 3  # 60 samples / 2 ranks / batch 10, two epochs
     for key, value in ranks[0]["state"].items():
         assert torch.equal(value, ranks[1]["state"][key]), key
+
+
+def test_ddp_with_a_split_data_set_finishes_and_both_ranks_share_the_split(tmp_path):
+    """A config that splits one data set (``dataset:`` + ``split:``, as every MD config): rank
+    0 writes splits.json, which asks for the run directory, a collective call under DDP that
+    every rank must make as often (it used to hang after "All distributed processes
+    registered")."""
+    config = yaml.safe_load(tiny_config(tmp_path, max_epochs=1).read_text())
+    config["data"] = {"batch_size": 10, "split": [30, 10, 20],
+                      "dataset": {**config["data"]["train"]}}
+    (tmp_path / "split.yaml").write_text(yaml.safe_dump(config))
+    run_cli("fit", "--config", str(tmp_path / "split.yaml"), "--runs_dir", str(tmp_path / "runs"),
+            "--trainer.strategy", "ddp", "--trainer.devices", "2",
+            "--trainer.callbacks+=train_helpers.DumpState",
+            f"--trainer.callbacks.out_dir={tmp_path}", timeout=240)
+    splits = [{k: [int(i) for i in v] for k, v in torch.load(tmp_path / f"rank{r}.pt")[
+        "splits"].items()} for r in (0, 1)]
+    assert splits[0] == splits[1]
+    assert [len(splits[0][k]) for k in ("train", "val", "test")] == [30, 10, 20]
+    saved = json.loads(next((tmp_path / "runs").glob("*/version_0/splits.json")).read_text())
+    assert saved == splits[0]
 
 
 @pytest.mark.parametrize("config", sorted((TESTS.parent / "configs").glob("*.yaml")),

@@ -87,5 +87,6 @@ class DumpState(L.Callback):
         from pathlib import Path
 
         state = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
-        torch.save({"state": state, "thetas": self.thetas, "world_size": trainer.world_size},
+        torch.save({"state": state, "thetas": self.thetas, "world_size": trainer.world_size,
+                    "splits": getattr(trainer.datamodule, "splits", None)},
                    Path(self.out_dir) / f"rank{trainer.global_rank}.pt")

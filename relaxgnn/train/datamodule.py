@@ -128,9 +128,11 @@ class GraphDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         trainer = self.trainer
-        if self.splits is not None and trainer is not None and trainer.log_dir \
-                and trainer.is_global_zero and stage == "fit":
-            save_splits(Path(trainer.log_dir) / "splits.json", self.splits)
+        if self.splits is None or trainer is None or stage != "fit":
+            return
+        log_dir = trainer.log_dir  # a collective call under DDP: every rank makes it, once
+        if log_dir and trainer.is_global_zero:
+            save_splits(Path(log_dir) / "splits.json", self.splits)
 
     def _loader(self, dataset: Dataset | None, shuffle: bool, batch_size: int) -> DataLoader:
         if dataset is None:
