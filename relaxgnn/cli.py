@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 
 from . import __version__
@@ -109,6 +110,28 @@ def _fail(command: str, err: BaseException | str) -> int:
     return 2
 
 
+def config_error(err: argparse.ArgumentError, command: str = "fit") -> str:
+    """A configuration error in one line, its cause first: jsonargparse nests it over several
+    lines (``Parser key "model.model": Problem with given class_path …: Option 'x' is not
+    accepted``, or a list of the subtypes a value failed); here the dotted key, the innermost
+    cause (or the value and what was expected of it), and where the options are listed."""
+    message = str(err)
+    lines = [line.strip().rstrip(":") for line in message.splitlines() if line.strip()]
+    if not lines:
+        return "invalid configuration"
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    cause = lines[-1]
+    if "Does not validate against any of the Union subtypes" in message:
+        given = re.search(r"Given value: (.*?)(\. Got value|$)", message, re.MULTILINE)
+        expected = [line.removeprefix("- ") for line in lines[lines.index("Errors") + 1:]
+                    if line.startswith("- ")] if "Errors" in lines else []
+        cause = (f"{given.group(1)!r} is not accepted" if given else "value not accepted") + (
+            f" ({'; '.join(expected)})" if expected else "")
+    key = ".".join(keys)
+    return (f"{key}: {cause}" if key and key not in cause else cause) + (
+        f" (`relaxgnn {command} --help` lists the options)")
+
+
 def _missing_training_extra() -> str | None:
     """The first package of the ``train`` extra that cannot be imported, or ``None``."""
     import importlib.util
@@ -134,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             run_lightning(argv)
+        except argparse.ArgumentError as err:  # the config or an option: its cause first
+            return _fail(argv[0], config_error(err, argv[0]))
         except (ValueError, OSError, TypeError, FloatingPointError, KeyError) as err:
             return _fail(argv[0], err)  # OSError: e.g. a disk that fills up during the run
         return 0

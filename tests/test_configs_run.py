@@ -92,7 +92,7 @@ def record_export(monkeypatch) -> dict:
 
     def on_fit_end(self, trainer, pl_module):
         original(self, trainer, pl_module)
-        batch = pl_module.on_after_batch_transfer(_first_batch(trainer).to(pl_module.device), 0)
+        batch = pl_module.in_model_dtype(_first_batch(trainer).to(pl_module.device))
         network = pl_module.model.eval()
         if pl_module.relaxation is not None:  # evaluated as validation and test are: at θ = 0
             pl_module.relaxation.pause()

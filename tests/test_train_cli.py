@@ -113,13 +113,11 @@ def test_fit_writes_a_complete_run_directory(tmp_path):
 def test_errors_before_training(tmp_path, capsys):
     config = tiny_config(tmp_path)
     runs = ["--runs_dir", str(tmp_path / "runs")]
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(config), *runs,
-              "--model.model", "relaxgnn.models.NoSuchNet"])
-    assert exit_info.value.code != 0
+    assert main(["fit", "--config", str(config), *runs,
+                 "--model.model", "relaxgnn.models.NoSuchNet"]) == 2
     assert "NoSuchNet" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["fit", "--config", str(config), *runs, "--model.model.init_args.widht", "3"])
+    assert main(["fit", "--config", str(config), *runs,
+                 "--model.model.init_args.widht", "3"]) == 2
     assert "widht" in capsys.readouterr().err
     code = main(["fit", "--config", str(config), *runs, "--data.train.init_args.generate",
                  "false", "--data.train.init_args.root", str(tmp_path / "nowhere")])
@@ -201,6 +199,38 @@ def test_ddp_two_cpu_processes_agree(tmp_path):
     assert len(ranks[0]["thetas"]) == 2 * 3  # 60 samples / 2 ranks / batch 10, two epochs
     for key, value in ranks[0]["state"].items():
         assert torch.equal(value, ranks[1]["state"][key]), key
+
+
+def test_a_run_prints_one_line_per_epoch_and_no_warnings(tmp_path):
+    """With the progress bar off: Lightning's own info lines, relaxgnn's, and one line per
+    epoch with the epoch's mean training metrics and the validation metrics; no warning that
+    relaxgnn's use of Lightning causes (LightningCLI's args, the module's batch hook, the
+    pytree deprecation, Lightning's advertising tip)."""
+    config = tiny_config(tmp_path, max_epochs=2)
+    result = run_cli("fit", "--config", str(config), "--runs_dir", str(tmp_path / "runs"))
+    out = result.stdout + result.stderr
+    epochs = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2 and epochs[1].startswith("epoch 2/2: train/loss ")
+    assert " | val/loss " in epochs[0] and epochs[0].endswith(" s)")
+    for noise in ("Warning", "warn", "LeafSpec", "args parameter", "on_after_batch_transfer",
+                  "Tip"):
+        assert noise not in out, noise
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("hidden_channels: 16", "hidden_chanels: 16"),
+     "relaxgnn fit: error: model.model: Option 'hidden_chanels' is not accepted"),
+    (("lr: 0.003", "lr: fast"),
+     "relaxgnn fit: error: model.optimizer.lr: 'fast' is not accepted (Expected a <class "
+     "'float'>"),
+])
+def test_config_errors_are_one_line_with_the_cause_first(tmp_path, capsys, edit, message):
+    config = tiny_config(tmp_path)
+    config.write_text(config.read_text().replace(*edit))
+    assert main(["fit", "--config", str(config), "--runs_dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message), err
+    assert err[0].endswith("(`relaxgnn fit --help` lists the options)")
 
 
 def test_ddp_with_a_split_data_set_finishes_and_both_ranks_share_the_split(tmp_path):

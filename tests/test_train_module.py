@@ -242,7 +242,10 @@ def test_classification_task(tmp_path):
                             optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
     items = stretched_clouds(80)
     data = GraphDataModule(train=items[:48], val=items[48:64], test=items[64:], batch_size=16)
-    trainer = make_trainer(tmp_path, [Relax("Triangle", theta=1.0)], max_epochs=8)
+    # the penalty this short run was calibrated with (a root per path: at the global root's
+    # smaller penalty the paths carry more of the task in 8 epochs and the projection is worse)
+    relax = Relax("Triangle", theta=1.0, penalty_reduction="per_path")
+    trainer = make_trainer(tmp_path, [relax], max_epochs=8)
     trainer.fit(module, data)
     result = trainer.test(module, data, verbose=False)[0]
     assert result["test/accuracy"] >= 0.75, result  # chance is 0.5: needles vs discs

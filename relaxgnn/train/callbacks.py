@@ -41,7 +41,7 @@ class ExportModel(Callback):
         errors = {}
         batch = _first_batch(trainer)
         if batch is not None and hasattr(model, "signature"):
-            batch = pl_module.on_after_batch_transfer(batch.to(pl_module.device), 0)
+            batch = pl_module.in_model_dtype(batch.to(pl_module.device))
             errors = equivariance_error(model, batch, trials=3)
         out_dir = Path(trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback
                        else log_dir)
@@ -101,8 +101,8 @@ class EquivarianceMonitor(Callback):
         model.eval()  # no dropout, and batch norm neither uses nor updates batch statistics
         try:
             with torch.no_grad():
-                errors = equivariance_error(model, batch, trials=self.trials,
-                                            seed=trainer.global_step)
+                errors = equivariance_error(model, pl_module.in_model_dtype(batch),
+                                            trials=self.trials, seed=trainer.global_step)
         finally:
             model.train(was_training)
         metrics.update({f"equivariance/{k}": v for k, v in errors.items()})

@@ -12,9 +12,14 @@ run of the experiment in its own directory.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 import re
+import sys
 import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,7 @@ from ..relax import find_paths, plain_state
 from .callbacks import ExportModel, ValidateLastEpoch
 from .checkpoint_io import AtomicCheckpointIO
 from .datamodule import GraphDataModule
+from .epoch_log import EpochSummary
 from .module import RelaxGNNModule
 from .plots import PlotMetrics
 from .predictions import WritePredictions
@@ -168,6 +174,7 @@ def trainer_defaults() -> dict[str, Any]:
             WritePredictions(),
             KeepHistory(),
             ValidateLastEpoch(),
+            EpochSummary(),
         ],
         "use_distributed_sampler": False,  # GraphDataModule shards by rank itself
         "inference_mode": False,  # evaluation of forces needs autograd (torch.no_grad is used)
@@ -175,9 +182,34 @@ def trainer_defaults() -> dict[str, Any]:
 
 
 def run_lightning(args: list[str]) -> None:
-    """``relaxgnn fit|validate|test|predict …``."""
-    RelaxGNNCLI(RelaxGNNModule, GraphDataModule, args=args, trainer_defaults=trainer_defaults(),
-                save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "relaxgnn"})
+    """``relaxgnn fit|validate|test|predict …``. From the command line (``args`` are the
+    process's own arguments) LightningCLI reads ``sys.argv`` itself — a DDP launch re-runs
+    the command from it —, otherwise it is given ``args``."""
+    with quiet_lightning():
+        RelaxGNNCLI(RelaxGNNModule, GraphDataModule,
+                    args=None if list(args) == sys.argv[1:] else args,
+                    trainer_defaults=trainer_defaults(), save_config_kwargs={"overwrite": True},
+                    parser_kwargs={"prog": "relaxgnn", "exit_on_error": False})
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip")
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning without the noise a relaxgnn command does not need: its advertising tip and a
+    deprecation warning that Lightning's own pytree code raises under torch >= 2.10."""
+    tips = _DropTips()
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    logger.addFilter(tips)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`")
+            yield
+    finally:
+        logger.removeFilter(tips)
 
 
 def project_checkpoint(ckpt_path: str | Path, out: str | Path) -> Path:

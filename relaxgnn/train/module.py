@@ -260,8 +260,9 @@ class RelaxGNNModule(LightningModule):
         return {"loss": loss, "accuracy": accuracy}
 
     # ------------------------------------------------------------------ Lightning hooks
-    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
-        """Floating fields in the model's dtype (float32 data train a float64 model)."""
+    def in_model_dtype(self, batch: Batch) -> Batch:
+        """Floating fields in the model's dtype (float32 data train a float64 model); every
+        step calls it first (a module hook would shadow the data module's)."""
         dtype = next(self.model.parameters()).dtype
         for key, value in batch.items():
             if isinstance(value, Tensor) and value.is_floating_point() and value.dtype != dtype:
@@ -301,6 +302,7 @@ class RelaxGNNModule(LightningModule):
             self.relaxation.pause()
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        batch = self.in_model_dtype(batch)
         if self.hparams.random_rotation:
             batch = self._rotate(batch)
         if self.relaxation is None:
@@ -325,7 +327,7 @@ class RelaxGNNModule(LightningModule):
         return loss
 
     def _evaluate(self, batch: Batch, stage: str) -> None:
-        terms = self._losses(batch, training=False)
+        terms = self._losses(self.in_model_dtype(batch), training=False)
         for name, value in terms.items():
             self.log(f"{stage}/{name}", value.detach(), prog_bar=name == "loss",
                      batch_size=batch.num_graphs, sync_dist=True)
@@ -338,7 +340,8 @@ class RelaxGNNModule(LightningModule):
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         with torch.inference_mode(False), torch.enable_grad():
-            return {k: v.detach() for k, v in self.predict_batch(batch).items()}
+            return {k: v.detach()
+                    for k, v in self.predict_batch(self.in_model_dtype(batch)).items()}
 
     def configure_optimizers(self):
         parameters = self.parameters()
