@@ -1,8 +1,11 @@
 """`torch.compile` of a whole model runs on CPU in one graph (``fullgraph=True``: a graph break
 is an error) and computes what eager mode computes, forward and backward.
 
-SEGNN used to fail inside dynamo's guards (e3nn's ``Irrep`` is a tuple whose ``__len__``
-raises); value checks of the inputs (finiteness, index ranges) split the graph. Inductor builds
+SEGNN, TPNet and TensorProductConv used to fail inside dynamo's guards (e3nn's ``Irrep`` is a
+tuple whose ``__len__`` raises; the layers keep ints for forward); value checks of the inputs
+(finiteness, index ranges, unknown elements) split the graph and run in eager mode only. (MACENet
+does not compile in one graph yet: its symmetric contraction selects each element's nodes, a
+data-dependent shape.) Inductor builds
 C++ kernels (~30 s on 2 cores per model): SEGNN is built with it; EGNN, whose inductor build
 ``test_train_module.py::test_compiled_training_matches_eager`` already runs, goes through
 dynamo and AOTAutograd only (``aot_eager``: the same graph capture, no C++).
@@ -14,7 +17,7 @@ from conftest import point_cloud
 from torch_geometric.data import Batch
 
 from relaxgnn.data import FullyConnected
-from relaxgnn.models import EGNN, SEGNN
+from relaxgnn.models import EGNN, SEGNN, TPNet
 
 
 def _models():
@@ -25,6 +28,10 @@ def _models():
                                              num_layers=1, velocity_field="vel",
                                              pair_fields=["charges"],
                                              position_input="centred")
+    # the graph comes with the data (a radius graph is built outside the compiled model)
+    yield "tpnet", "aot_eager", lambda: TPNet({"charges": "1x0e"}, atomic_numbers=[1, 6, 8],
+                                              irreps_hidden="4x0e+2x1o+2x1e", num_layers=2,
+                                              cutoff=3.0, output="node", irreps_out="1x1o")
 
 
 @pytest.mark.parametrize("name, backend, build", list(_models()),
@@ -109,3 +116,19 @@ def test_compiling_a_relaxed_model_after_the_plain_one_keeps_its_paths():
     for model in (plain, relaxed, project(relaxed)):
         torch.testing.assert_close(torch.compile(model, backend=counter)(data), model(data))
     assert (relaxed(data) - plain(data)).abs().max() > 1e-2  # the paths change the output
+
+
+def test_compiled_tensor_product_conv_is_one_graph_and_matches_eager():
+    from relaxgnn.nn import TensorProductConv
+
+    torch.manual_seed(0)
+    layer = TensorProductConv("4x0e+2x1o", "4x0e+2x1o+2x1e", irreps_node_attr="3x0e")
+    data = FullyConnected()(Batch.from_data_list(
+        [point_cloud(5, torch.float32, seed=s) for s in range(2)]))
+    x = torch.randn(data.num_nodes, layer.irreps_in.dim)
+    attr = torch.nn.functional.one_hot(data.z % 3, 3).float()
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    out = compiled(x, data.pos, data.edge_index, node_attr=attr)
+    torch.testing.assert_close(out, layer(x, data.pos, data.edge_index, node_attr=attr),
+                               rtol=1e-5, atol=1e-5)

@@ -123,6 +123,7 @@ class TPNet(nn.Module):
         self.irreps_out = as_irreps(irreps_out)
         num_species = len(atomic_numbers) if atomic_numbers is not None else 1
         self.irreps_node_attr = o3.Irreps(f"{num_species}x0e")
+        self._attr_dim = num_species  # an int for forward: dynamo cannot guard on e3nn Irreps
 
         irreps = _keep(self.irreps_hidden, [ir for _, ir in self.inputs.irreps])
         if irreps.dim == 0:
@@ -167,7 +168,7 @@ class TPNet(nn.Module):
         pos = data.pos
         features = self.inputs.node_features(data)
         # node attributes: the one-hot species (the last columns of the inputs), or ones
-        attr = features[:, -self.irreps_node_attr.dim:] if self.inputs.atomic_numbers is not None \
+        attr = features[:, -self._attr_dim:] if self.inputs.atomic_numbers is not None \
             else pos.new_ones(pos.shape[0], 1)
         h = self.embedding(features)
         with trusted_inputs():  # validated above by self.inputs

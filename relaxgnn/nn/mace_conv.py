@@ -86,8 +86,10 @@ class ManyBodyConv(RadialTensorProductConv):
         if avg_num_neighbors <= 0:
             raise ValueError(f"avg_num_neighbors must be positive, got {avg_num_neighbors}")
         self.irreps_in = as_irreps(irreps_in).simplify()
+        self._in_dim = self.irreps_in.dim  # an int for forward (dynamo and e3nn Irreps)
         self.irreps_out = as_irreps(irreps_out).simplify()
         self.irreps_sh = o3.Irreps.spherical_harmonics(lmax)
+        self._sh_degrees = list(range(lmax + 1))  # ints for forward (dynamo)
         self.irreps_node_attr = o3.Irreps(f"{num_elements}x0e")
         self.irreps_basis = o3.Irreps([(channels, ir) for _, ir in self.irreps_sh])
         self.cutoff = float(cutoff)
@@ -134,7 +136,7 @@ class ManyBodyConv(RadialTensorProductConv):
     ) -> Tensor:
         """Return :math:`h'`, ``(num_nodes, irreps_out.dim)``."""
         x, node_attr = check_conv_inputs(x, pos, edge_index, node_attr, self.num_elements,
-                                         edge_shift, self.irreps_in.dim)
+                                         edge_shift, self._in_dim)
         sh, weight = self.edge_embedding(pos, edge_index, edge_shift)
         N = pos.shape[0]
         agg = self.propagate(edge_index, x=self.linear_up(x), sh=sh, weight=weight, size=(N, N))

@@ -85,7 +85,7 @@ class RadialTensorProductConv(MessagePassing, ExactWigner3j):
         ``forward``.)"""
         vec = edge_vectors(pos, edge_index, edge_shift)
         r = vec.norm(dim=-1)
-        sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True,
+        sh = o3.spherical_harmonics(self._sh_degrees, vec, normalize=True,
                                     normalization="component")
         return sh, self.radial(self.basis(r)) * self.envelope(r).unsqueeze(-1)
 
@@ -171,7 +171,11 @@ class TensorProductConv(RadialTensorProductConv):
         self.irreps_in = as_irreps(irreps_in).simplify()
         self.irreps_out = as_irreps(irreps_out).simplify()
         self.irreps_sh = as_irreps(irreps_sh)
+        self._sh_degrees = [ir.l for _, ir in self.irreps_sh]  # ints for forward (dynamo)
         self.irreps_node_attr = None if irreps_node_attr is None else as_irreps(irreps_node_attr)
+        # ints for forward: dynamo cannot guard on e3nn Irreps (their __len__ raises)
+        self._in_dim = self.irreps_in.dim
+        self._attr_dim = None if self.irreps_node_attr is None else self.irreps_node_attr.dim
         self.cutoff = float(cutoff)
         self.avg_num_neighbors = float(avg_num_neighbors)
 
@@ -229,15 +233,14 @@ class TensorProductConv(RadialTensorProductConv):
         edge_shift: Tensor | None = None,
     ) -> Tensor:
         """Return :math:`h'`, ``(num_nodes, irreps_out.dim)``."""
-        attr_dim = None if self.irreps_node_attr is None else self.irreps_node_attr.dim
-        x, node_attr = check_conv_inputs(x, pos, edge_index, node_attr, attr_dim, edge_shift,
-                                         self.irreps_in.dim)
+        x, node_attr = check_conv_inputs(x, pos, edge_index, node_attr, self._attr_dim,
+                                         edge_shift, self._in_dim)
         sh, weight = self.edge_embedding(pos, edge_index, edge_shift)
         N = pos.shape[0]
         agg = self.propagate(edge_index, x=self.linear_1(x), sh=sh, weight=weight, size=(N, N))
         out = self.gate(self.linear_2(agg / self.avg_num_neighbors**0.5))
         if self.sc is not None:
-            out = out + (self.sc(x) if self.irreps_node_attr is None else self.sc(x, node_attr))
+            out = out + (self.sc(x) if self._attr_dim is None else self.sc(x, node_attr))
         return out
 
     def __repr__(self) -> str:
