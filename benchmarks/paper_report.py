@@ -19,6 +19,8 @@ from pathlib import Path
 from grid import paired_difference, verdict
 
 RESULTS = Path(__file__).parent / "results" / "relaxation_paper"
+#: the data's own equivariance floor (``nbody_symmetry_floor.py``)
+FLOOR = Path(__file__).parent / "results" / "nbody_symmetry_floor.json"
 #: published test MSE at 3,000 trajectories, 1000 epochs: arm -> [(source, mean, std)]
 PUBLISHED: dict[str, list[tuple[str, float, float | None]]] = {
     "plain": [("ACE's re-run of SEGNN (3 seeds)", 5.6e-3, 0.25e-3),
@@ -121,7 +123,20 @@ def markdown(results: list[dict]) -> str:
         out += [*cell_table(n, arms), ""]
     out += ["Published (3,000 trajectories, 1000 epochs; their inputs differ, see the text):", "",
             *published_table()]
+    floor = equivariant_floor()
+    if floor is not None:
+        out += ["", f"The lowest test MSE any exactly equivariant model can reach on this test set "
+                f"(the force clip of the simulator depends on the frame; "
+                f"`nbody_symmetry_floor.py`): {floor * 1e3:.2f} ×10⁻³."]
     return "\n".join(out) + "\n"
+
+
+def equivariant_floor(path: Path = FLOOR) -> float | None:
+    """The data's equivariant floor (test MSE), if it was measured."""
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())["results"]
+    return next(v["equivariant floor"] for k, v in results.items() if k.startswith("clip"))
 
 
 def _band(runs: dict[int, dict], curve: str | None) -> tuple[list[int], list[float],
@@ -139,8 +154,12 @@ def plot_validation(results: list[dict], path: Path) -> None:
     """Validation MSE of the projected model over epochs, one panel per cell."""
     plt = _pyplot()
     by_cell = cells(results)
-    fig, axes = plt.subplots(1, len(by_cell), figsize=(5 * len(by_cell), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(by_cell), figsize=(max(7, 5 * len(by_cell)), 4),
+                             squeeze=False)
+    floor = equivariant_floor()
     for ax, (n, arms) in zip(axes[0], by_cell.items(), strict=True):
+        if floor is not None:
+            ax.axhline(floor, color="k", ls=":", lw=1, label="equivariant floor of the data")
         for arm, runs in arms.items():
             epochs, mean, low, high = _band(runs, None)
             colour = COLOURS.get(arm)
@@ -152,7 +171,8 @@ def plot_validation(results: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation MSE, projected model")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("N-body SEGNN at the papers' budget: mean and min–max over seeds")
+    fig.suptitle("N-body SEGNN at the papers' budget (1000 epochs): mean and min–max over seeds",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -178,6 +198,10 @@ def plot_samples(results: list[dict], path: Path) -> None:
             ax.errorbar([3000 * 1.12], [mean], yerr=[std or 0.0], marker="*", ms=10,
                         color=COLOURS[arm], ls="none", alpha=0.6)
     ax.plot([], [], "k*", ls="none", alpha=0.6, label="published (their inputs)")
+    floor = equivariant_floor()
+    if floor is not None:
+        ax.axhline(floor, color="k", ls=":", lw=1,
+                   label="floor of any equivariant model (the data's clip)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("training trajectories (1000 epochs)")
@@ -214,7 +238,8 @@ def plot_dynamics(results: list[dict], path: Path, n: int = 3000) -> None:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(f"{n:,} training trajectories: the relaxation over the run (mean and min–max "
                  "over seeds)")
     fig.tight_layout()
