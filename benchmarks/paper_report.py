@@ -30,7 +30,8 @@ PUBLISHED: dict[str, list[tuple[str, float, float | None]]] = {
 }
 COLOURS = {"plain": "tab:blue", "CR": "tab:orange", "ACE": "tab:green",
            "plain, ACE's optimizer": "tab:purple", "plain, no |v|": "tab:gray",
-           "ACE, ACE's protocol": "tab:olive", "plain, ACE's protocol": "tab:cyan"}
+           "ACE, ACE's protocol": "tab:olive", "plain, ACE's protocol": "tab:cyan",
+           "ACE, damped": "tab:red", "CR, θmax 10": "tab:brown"}
 #: the arm each arm is compared with, paired by seed (default plain)
 REFERENCE = {"ACE, ACE's protocol": "plain, ACE's protocol"}
 

@@ -36,7 +36,7 @@ def test_best_validation_is_the_first_strictly_lowest_epoch():
 
 def test_paper_keys_cover_every_cell_seed_by_seed():
     keys = paper_grid.paper_keys(seeds=3)
-    assert len(keys) == 3 * (4 + 4 + 4 + 1) + 2 * 2  # ACE's protocol: two seeds
+    assert len(keys) == 3 * (4 + 4 + 4 + 1) + 2 * 2 + 3 * 2  # ACE's protocol: two seeds
     first = list(keys.values())[:5]
     assert [k[:2] for k in first[:4]] == [(3000, arm) for arm in paper_grid.MAIN_ARMS]
     assert first[4] == (3000, "plain", 1)  # seed 1 starts only when seed 0 has every arm
@@ -84,6 +84,10 @@ def test_every_arm_trains_with_its_own_settings_and_records_the_protocol(paper_r
     relax = {arm: [cb for cb in c["trainer"]["callbacks"]
                    if cb["class_path"] == "relaxgnn.train.Relax"] for arm, c in config.items()}
     assert relax["CR"][0]["init_args"]["penalty_reduction"] == "global"
+    assert relax["CR, θmax 10"][0]["init_args"]["theta"] == 10.0
+    assert relax["CR"][0]["init_args"]["theta"] == 1.0
+    assert relax["ACE, damped"][0]["init_args"]["auglag"] == 1.0
+    assert relax["ACE"][0]["init_args"]["auglag"] == 0.0
     assert relax["ACE"][0]["init_args"]["controller"] == "learned"
     assert not relax["plain"] and not relax["plain, ACE's optimizer"]
     for arm, c in config.items():  # ACE's protocol: no rotations, absolute positions
