@@ -3,6 +3,8 @@
 - ``relaxgnn fit|validate|test|predict --config FILE.yaml [--trainer.max_epochs 5 …]``: training
   on LightningCLI (see :mod:`relaxgnn.train.cli`).
 - ``relaxgnn project CKPT OUT``: a relaxed checkpoint → projected, exactly equivariant model file.
+- ``relaxgnn eval MODEL.pt IN.xyz OUT.xyz``: energies and forces of every frame of a file, into
+  extended XYZ, with errors against the frames' labels (:mod:`relaxgnn.evaluate`).
 - ``relaxgnn data nbody --kind charged --out DIR``: generate the charged N-body data set.
 - ``relaxgnn data md --molecule ethanol --steps N --out FILE.npz``: an MD17-like data set
   (Langevin MD at 500 K with GFN2-xTB from tblite, the ``md`` extra).
@@ -34,6 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
     for name in TRAIN_COMMANDS:
         commands.add_parser(name, help=f"{name} a model from a YAML config (LightningCLI)",
                             add_help=False)
+    evaluate = commands.add_parser(
+        "eval", help="predict energies and forces of every frame of a file (extended XYZ out)",
+        description="Predict every frame of IN (any file ASE reads) with MODEL and write OUT, "
+                    "extended XYZ with info['relaxgnn_energy'] (eV) and "
+                    "arrays['relaxgnn_forces'] (eV/Å) beside what the frames carried; print the "
+                    "errors against the frames' reference energies and forces where they have "
+                    "them (their calculator's, or --energy-key / --forces-key).")
+    evaluate.add_argument("model", help="a model file (model.pt, or relaxgnn project's)")
+    evaluate.add_argument("input", help="frames, any format ase.io.read knows")
+    evaluate.add_argument("output", help="the extended XYZ file to write")
+    evaluate.add_argument("--energy-key", default="REF_energy")
+    evaluate.add_argument("--forces-key", default="REF_forces")
+    evaluate.add_argument("--index", default=":", help="frames to read (ase.io.read's syntax)")
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     project = commands.add_parser("project", help="relaxed checkpoint -> projected model file")
     project.add_argument("checkpoint", help="a training checkpoint (.ckpt)")
     project.add_argument("out", help="the model file to write (.pt)")
@@ -177,6 +195,18 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, OSError) as err:
             return _fail("project", err)
         print(f"projected model written to {path}")
+    elif args.command == "eval":
+        from .evaluate import evaluate_file
+
+        try:
+            metrics = evaluate_file(args.model, args.input, args.output, args.energy_key,
+                                    args.forces_key, args.index, args.batch_size,
+                                    args.device, args.dtype)
+        except (ValueError, OSError, TypeError) as err:
+            return _fail("eval", err)
+        print(f"predictions written to {args.output}")
+        for name, value in metrics.items():
+            print(f"  {name}: {value:.4g}" if isinstance(value, float) else f"  {name}: {value}")
     elif args.command == "data" and args.dataset == "shapes":
         from .data.shapes import SyntheticShapes
 

@@ -241,3 +241,44 @@ def test_generate_md_errors(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match=r"pip install relaxgnn\[md\]"):
         generate_md("ethanol", steps=5, sample_every=1, out=tmp_path / "x.npz", progress=False)
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_eval_writes_predictions_and_errors_for_any_frames(trained, tmp_path, capsys):
+    """``relaxgnn eval``: labelled molecules (REF_energy / REF_forces, as MACE users store
+    them), an unlabelled one and a periodic one; the predictions equal the calculator's, the
+    labels stay, the printed errors are the frames' own."""
+    import ase.io
+
+    from relaxgnn.cli import main
+    from relaxgnn.evaluate import ENERGY_KEY, FORCES_KEY
+
+    dataset = trained["dataset"]
+    frames = []
+    for i in range(5):
+        atoms = ethanol_atoms(dataset, i)
+        atoms.info["REF_energy"] = float(dataset[i].energy)
+        atoms.arrays["REF_forces"] = dataset[i].forces.double().numpy()
+        frames.append(atoms)
+    frames.append(ethanol_atoms(dataset, 5))  # no labels
+    boxed = ethanol_atoms(dataset, 6)
+    boxed.cell, boxed.pbc = np.eye(3) * 6.0, True
+    frames.append(boxed)
+    source, out = tmp_path / "in.xyz", tmp_path / "out.xyz"
+    ase.io.write(source, frames, format="extxyz")
+    assert main(["eval", str(trained["path"]), str(source), str(out), "--batch-size", "2"]) == 0
+    printed = capsys.readouterr().out
+    written = ase.io.read(out, index=":")
+    assert len(written) == 7 and "REF_energy" in written[0].info
+    calc = RelaxGNNCalculator(trained["path"])
+    errors = []
+    for atoms, result in zip(frames, written, strict=True):
+        atoms.calc = calc
+        assert result.info[ENERGY_KEY] == pytest.approx(atoms.get_potential_energy(),
+                                                        rel=1e-9, abs=1e-9)
+        np.testing.assert_allclose(result.arrays[FORCES_KEY], atoms.get_forces(), atol=1e-8)
+        if "REF_energy" in atoms.info:
+            errors.append(abs(atoms.get_potential_energy() - atoms.info["REF_energy"]) * 1e3)
+    assert f"energy_mae_meV: {np.mean(errors):.4g}" in printed
+    assert "frames_with_energy: 5" in printed and "forces_mae_meV_per_A" in printed
+    assert main(["eval", str(trained["path"]), str(tmp_path / "none.xyz"), str(out)]) == 2
+    assert capsys.readouterr().err.strip().startswith("relaxgnn eval: error: input file")
