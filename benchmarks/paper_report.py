@@ -49,11 +49,15 @@ def load_results(folder: Path = RESULTS) -> list[dict]:
 
 
 def cells(results: Iterable[dict]) -> dict[int, dict[str, dict[int, dict]]]:
-    """``{trajectories: {arm: {seed: record}}}``, arms in the order first seen."""
+    """``{trajectories: {arm: {seed: record}}}``: the papers' 3,000 first, arms in the order
+    of :data:`COLOURS` (plain first), seeds ascending."""
     out: dict[int, dict[str, dict[int, dict]]] = {}
     for r in results:
         out.setdefault(r["trajectories"], {}).setdefault(r["arm"], {})[r["seed"]] = r
-    return dict(sorted(out.items(), key=lambda item: (item[0] != 3000, item[0])))
+    order = {arm: i for i, arm in enumerate(COLOURS)}
+    return {n: {arm: dict(sorted(arms[arm].items()))
+                for arm in sorted(arms, key=lambda a: (order.get(a, len(order)), a))}
+            for n, arms in sorted(out.items(), key=lambda item: (item[0] != 3000, item[0]))}
 
 
 def _mean_std(values: list[float], scale: float = 1e3) -> str:
