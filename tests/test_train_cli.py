@@ -233,6 +233,42 @@ def test_config_errors_are_one_line_with_the_cause_first(tmp_path, capsys, edit,
     assert err[0].endswith("(`relaxgnn fit --help` lists the options)")
 
 
+def test_a_force_field_trains_from_a_labelled_file_in_one_command(tmp_path):
+    """MACE's ``--train_file x.xyz --valid_fraction``: the shipped MACE config, the frames of an
+    extended XYZ file with REF_energy / REF_forces, E0, scale and neighbour count fitted on the
+    training split and printed, the split by fractions written to splits.json; the config's
+    generated data set is not built."""
+    import ase.io
+    from ase import Atoms
+
+    from relaxgnn.data import ASEDataset
+
+    db = ASEDataset(TESTS.parent / "datasets" / "md" / "md17_ethanol_20frames.db",
+                    energy_unit="kcal/mol")
+    frames = []
+    for item in (db[i] for i in range(len(db))):
+        atoms = Atoms(numbers=item.z.numpy(), positions=item.pos.double().numpy())
+        atoms.info["REF_energy"] = float(item.energy)
+        atoms.arrays["REF_forces"] = item.forces.double().numpy()
+        frames.append(atoms)
+    ase.io.write(tmp_path / "mine.xyz", frames, format="extxyz")
+    result = run_cli("fit", "--config", str(TESTS.parent / "configs" / "md_ethanol_mace.yaml"),
+                     "--data.file", str(tmp_path / "mine.xyz"), "--data.valid_fraction", "0.2",
+                     "--data.test_fraction", "0.1", "--trainer.max_epochs", "1",
+                     "--data.dataset.init_args.path", str(tmp_path / "never.npz"),
+                     "--trainer.enable_progress_bar", "false", "--runs_dir",
+                     str(tmp_path / "runs"), timeout=300)
+    fitted = next(line for line in (result.stdout + result.stderr).splitlines()
+                  if line.startswith("fitted on the training set"))
+    assert "reference_energies {1:" in fitted and "energy_scale" in fitted
+    assert "avg_num_neighbors 8.0" in fitted  # ethanol: every other atom within 5 Å
+    run = tmp_path / "runs" / "md_ethanol_mace" / "version_0"
+    splits = json.loads((run / "splits.json").read_text())
+    assert [len(splits[k]) for k in ("train", "val", "test")] == [14, 4, 2]
+    assert (run / "checkpoints" / "model.pt").is_file()
+    assert not (tmp_path / "never.npz").exists()  # the config's xTB trajectory: not generated
+
+
 def test_ddp_with_a_split_data_set_finishes_and_both_ranks_share_the_split(tmp_path):
     """A config that splits one data set (``dataset:`` + ``split:``, as every MD config): rank
     0 writes splits.json, which asks for the run directory, a collective call under DDP that

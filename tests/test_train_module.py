@@ -398,3 +398,36 @@ def test_ema_warmup_follows_the_decay_schedule():
         restored = EMA(decay=0.9)
         restored.load_state_dict(ema.state_dict())
         assert (restored.updates, restored.warmup) == (30, warmup)
+
+
+def test_data_module_splits_a_labelled_file_by_fractions(tmp_path):
+    """``file`` (MACE's --train_file): frames with REF_energy / REF_forces, ``valid_fraction``
+    and ``test_fraction`` of them (at least one frame each when asked for), the rest for
+    training; two-part splits (no test set) are accepted; contradictions are refused."""
+    import ase.io
+    from ase import Atoms
+
+    rng = torch.Generator().manual_seed(0)
+    frames = []
+    for _ in range(12):
+        atoms = Atoms("H2O", positions=torch.randn(3, 3, generator=rng).double().numpy())
+        atoms.info["REF_energy"] = -1.0
+        atoms.arrays["REF_forces"] = torch.randn(3, 3, generator=rng).double().numpy()
+        frames.append(atoms)
+    ase.io.write(tmp_path / "w.xyz", frames, format="extxyz")
+    data = GraphDataModule(file=str(tmp_path / "w.xyz"), valid_fraction=0.25, test_fraction=0.1)
+    assert [len(data.splits[k]) for k in ("train", "val", "test")] == [8, 3, 1]
+    assert torch.allclose(data.train_set[0].forces.double(), torch.as_tensor(
+        frames[data.splits["train"][0]].arrays["REF_forces"]), atol=1e-6)
+    only_val = GraphDataModule(file=str(tmp_path / "w.xyz"))
+    assert [len(only_val.splits[k]) for k in ("train", "val", "test")] == [11, 1, 0]
+    two = GraphDataModule(dataset=data.train_set, split=[0.75, 0.25])
+    assert [len(two.splits[k]) for k in ("train", "val", "test")] == [6, 2, 0]
+    with pytest.raises(ValueError, match="give `file` alone"):
+        GraphDataModule(file=str(tmp_path / "w.xyz"), dataset=data.train_set)
+    with pytest.raises(ValueError, match="valid_fraction must be in"):
+        GraphDataModule(file=str(tmp_path / "w.xyz"), valid_fraction=1.0)
+    with pytest.raises(ValueError, match="too few"):
+        GraphDataModule(file=str(tmp_path / "w.xyz"), valid_fraction=0.5, test_fraction=0.5)
+    with pytest.raises(ValueError, match="no energy|energy"):
+        GraphDataModule(file=str(tmp_path / "w.xyz"), energy_key="nope")

@@ -80,6 +80,10 @@ class RelaxGNNCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self._cfg()
+        if cfg.get("data") is not None and cfg["data"].get("file"):
+            # a file of the user's replaces the config's data set (not built, not generated)
+            cfg["data"]["dataset"] = None
+            cfg["data"]["split"] = None
         root, name = self._experiment()
         self._version = None
         ckpt = cfg.get("ckpt_path")

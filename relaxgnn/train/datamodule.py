@@ -68,9 +68,15 @@ class GraphDataModule(LightningDataModule):
     """Train/validation/test loaders over datasets of PyG ``Data``.
 
     Give either one ``dataset`` and a ``split`` — counts (``[1000, 100, 100]``) or fractions
-    (``[0.8, 0.1, 0.1]``) — drawn with ``split_seed`` (the indices are saved as
-    ``splits.json`` in the run directory), or the three datasets ``train``/``val``/``test``
-    (e.g. the N-body set's own splits).
+    (``[0.8, 0.1, 0.1]``; two sizes: no test set) — drawn with ``split_seed`` (the indices are
+    saved as ``splits.json`` in the run directory), or the three datasets
+    ``train``/``val``/``test`` (e.g. the N-body set's own splits), or a ``file`` of labelled
+    frames: any file ASE reads (extended XYZ, an ASE database), energies and forces from the
+    frames' calculator results or under ``energy_key``/``forces_key`` (eV, eV/Å;
+    :class:`~relaxgnn.data.ASEDataset`), ``valid_fraction`` of it for validation and
+    ``test_fraction`` for test, the rest for training — MACE's ``--train_file`` and
+    ``--valid_fraction``. On the command line ``--data.file`` replaces the config's
+    ``dataset``.
 
     A data set whose ``get_batch(indices)`` returns a ``Batch`` (systems of one size, e.g.
     :class:`~relaxgnn.data.NBody`) builds each batch itself from its arrays: the same batches
@@ -82,6 +88,7 @@ class GraphDataModule(LightningDataModule):
             (default: the same).
         shuffle_seed: seed of the per-epoch training order.
         num_workers: DataLoader workers.
+        file, energy_key, forces_key, valid_fraction, test_fraction: see above.
     """
 
     def __init__(
@@ -96,18 +103,31 @@ class GraphDataModule(LightningDataModule):
         eval_batch_size: int | None = None,
         shuffle_seed: int = 0,
         num_workers: int = 0,
+        file: str | None = None,
+        energy_key: str = "REF_energy",
+        forces_key: str = "REF_forces",
+        valid_fraction: float = 0.1,
+        test_fraction: float = 0.0,
     ) -> None:
         super().__init__()
+        if file is not None:
+            if dataset is not None or train is not None:
+                raise ValueError("give `file` alone: not with `dataset` or `train`/`val`/`test`")
+            dataset, split = _labelled_file(file, energy_key, forces_key, valid_fraction,
+                                            test_fraction)
         if (dataset is None) == (train is None):
             raise ValueError("give either `dataset` (with `split`) or `train` (with `val`, "
-                             "`test`), not both or neither")
+                             "`test`), or a `file`, not several or none")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.splits: dict[str, list[int]] | None = None
         if dataset is not None:
             sizes = list(split) if split is not None else [0.8, 0.1, 0.1]
+            if len(sizes) == 2:  # train and validation only
+                sizes.append(0)
             if len(sizes) != 3:
-                raise ValueError(f"split needs three sizes (train, val, test), got {sizes}")
+                raise ValueError(f"split needs two or three sizes (train, val[, test]), got "
+                                 f"{sizes}")
             self.splits = split_indices(len(dataset), *sizes, seed=split_seed)
             train, val, test = (Subset(dataset, self.splits[k]) for k in ("train", "val", "test"))
         if len(train) == 0:
@@ -163,3 +183,22 @@ class GraphDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, False, self.eval_batch_size)
+
+
+def _labelled_file(path: str, energy_key: str, forces_key: str, valid_fraction: float,
+                   test_fraction: float) -> tuple[Dataset, list[int]]:
+    """The frames of ``path`` and the split counts ``[train, val, test]`` of the fractions
+    (validation and test at least one frame each when their fraction is positive)."""
+    from ..data import ASEDataset
+
+    for name, value in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+    dataset = ASEDataset(path, energy_key=energy_key, forces_key=forces_key)
+    n = len(dataset)
+    counts = [max(1, round(f * n)) if f > 0 else 0 for f in (valid_fraction, test_fraction)]
+    if n - sum(counts) < 1:
+        raise ValueError(f"{path} has {n} frames: too few for valid_fraction {valid_fraction} "
+                         f"and test_fraction {test_fraction} with a training frame left")
+    return dataset, [n - sum(counts), *counts]
+
