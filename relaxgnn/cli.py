@@ -1,7 +1,8 @@
 """The ``relaxgnn`` command line.
 
 - ``relaxgnn fit|validate|test|predict --config FILE.yaml [--trainer.max_epochs 5 …]``: training
-  on LightningCLI (see :mod:`relaxgnn.train.cli`).
+  on LightningCLI (see :mod:`relaxgnn.train.cli`); a shipped config also by its name
+  (``--config md_ethanol_mace``, :mod:`relaxgnn.config_files`).
 - ``relaxgnn project CKPT OUT``: a relaxed checkpoint → projected, exactly equivariant model file.
 - ``relaxgnn eval MODEL.pt IN.xyz OUT.xyz``: energies and forces of every frame of a file, into
   extended XYZ, with errors against the frames' labels (:mod:`relaxgnn.evaluate`).
@@ -171,8 +172,16 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             return _fail(argv[0], f"it needs {missing}, of the training extra: "
                                   "pip install 'relaxgnn[train]'")
+        from .config_files import resolve_config_arguments
         from .train.cli import run_lightning
 
+        try:
+            resolved = resolve_config_arguments(argv)
+        except FileNotFoundError as err:
+            return _fail(argv[0], err)
+        if argv == sys.argv[1:]:  # the process's own arguments: a DDP launch re-reads them
+            sys.argv[1:] = resolved
+        argv = resolved
         try:
             run_lightning(argv)
         except argparse.ArgumentError as err:  # the config or an option: its cause first

@@ -96,3 +96,48 @@ def test_license_and_metadata():
     classifiers = set(project["classifiers"])
     assert "Programming Language :: Python :: 3.11" in classifiers
     assert any(c.startswith("Topic :: Scientific/Engineering") for c in classifiers)
+
+
+def test_shipped_configs_resolve_by_name(tmp_path, monkeypatch):
+    """``--config md_ethanol_mace`` (with or without .yaml) is the shipped file; a file that
+    exists wins; an unknown name is an error naming the shipped configs; an installed relaxgnn
+    finds them under <prefix>/share/relaxgnn/configs."""
+    from relaxgnn.config_files import resolve_config, resolve_config_arguments, shipped_configs
+
+    shipped = shipped_configs()
+    assert set(shipped) == {p.stem for p in (ROOT / "configs").glob("*.yaml")}
+    assert resolve_config("md_ethanol_mace") == str(ROOT / "configs" / "md_ethanol_mace.yaml")
+    assert resolve_config("nbody_segnn.yaml") == str(ROOT / "configs" / "nbody_segnn.yaml")
+    mine = tmp_path / "nbody_segnn.yaml"
+    mine.write_text("seed_everything: 1\n")
+    assert resolve_config(str(mine)) == str(mine)
+    assert resolve_config_arguments(["fit", "-c", "qm9_egnn", "--config=nbody_egnn"]) == [
+        "fit", "-c", str(ROOT / "configs" / "qm9_egnn.yaml"),
+        f"--config={ROOT / 'configs' / 'nbody_egnn.yaml'}"]
+    try:
+        resolve_config("no_such_config")
+    except FileNotFoundError as err:
+        assert "md_ethanol_mace" in str(err)
+    else:
+        raise AssertionError("an unknown name must be refused")
+    import relaxgnn.config_files as config_files
+
+    installed = tmp_path / "prefix" / "share" / "relaxgnn" / "configs"
+    installed.mkdir(parents=True)
+    (installed / "only_installed.yaml").write_text("seed_everything: 2\n")
+    monkeypatch.setattr(config_files.sys, "prefix", str(tmp_path / "prefix"))
+    assert resolve_config("only_installed") == str(installed / "only_installed.yaml")
+
+
+def test_the_wheel_installs_the_configs(tmp_path):
+    """A pip-installed relaxgnn (not a checkout) has the configs: the wheel carries them as
+    data files under share/relaxgnn/configs, where relaxgnn.config_files looks."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("relaxgnn-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    configs = {Path(n).name for n in names if "/data/share/relaxgnn/configs/" in n}
+    assert configs == {p.name for p in (ROOT / "configs").glob("*.yaml")}
+    assert any(n.endswith("LICENSE") for n in names)
