@@ -202,10 +202,13 @@ class SymmetricContraction(nn.Module):
             weights = [next(w) for _ in names]
             out = x.new_zeros(A.shape[0], self.channels, getattr(self, names[0]).shape[-2])
             for e in range(self.num_elements):
-                rows = (species == e).nonzero().squeeze(-1)
-                if rows.numel() == 0:
-                    continue
-                a = A.index_select(0, rows)  # (m, k, D)
+                if torch.compiler.is_compiling():  # no data-dependent shapes: every node,
+                    rows, a = None, A  # masked below (element-many times the contraction)
+                else:
+                    rows = (species == e).nonzero().squeeze(-1)
+                    if rows.numel() == 0:
+                        continue
+                    a = A.index_select(0, rows)  # (m, k, D)
                 t = None  # Horner: (((c_ν·A) + c_{ν-1})·A + …)·A, one slot at a time
                 for name, weight in zip(reversed(names), reversed(weights), strict=True):
                     c = torch.einsum("...r,kr->k...", getattr(self, name), weight[e])
@@ -213,7 +216,10 @@ class SymmetricContraction(nn.Module):
                         t = torch.einsum("k...dM,nkd->nk...M", c, a)
                     else:
                         t = torch.einsum("nk...dM,nkd->nk...M", t + c, a)
-                out = out.index_copy(0, rows, t)
+                if rows is None:
+                    out = out + (species == e).to(t.dtype).view(-1, 1, 1) * t
+                else:
+                    out = out.index_copy(0, rows, t)
             outputs.append(out.reshape(A.shape[0], -1))  # (n, k*(2L+1)), channel-major
         return torch.cat(outputs, -1)
 
