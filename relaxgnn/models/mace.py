@@ -3,7 +3,7 @@ readout after every layer (per-atom energies summed per molecule; forces by auto
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -11,7 +11,6 @@ from e3nn import o3
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from ..geometry.neighbours import radius_edges
 from ..nn.checks import trusted_inputs
 from ..nn.mace_conv import ManyBodyConv
 from ..nn.tp_conv import reset_e3nn
@@ -19,6 +18,7 @@ from ..relax.attach import relax_layers
 from ..symmetry.signature import Signature
 from .inputs import GraphInputs
 from .io import records_init_args
+from .neighbour_count import FitsNeighbourCount
 from .pooling import Pool, check_pooling, pool
 
 Output = Literal["node", "graph"]
@@ -37,7 +37,7 @@ class _ScalarMLP(nn.Module):
 
 
 @records_init_args
-class MACENet(nn.Module):
+class MACENet(FitsNeighbourCount, nn.Module):
     r"""E(3)-equivariant many-body network in the style of MACE (Batatia et al., NeurIPS 2022).
 
     .. math::
@@ -115,6 +115,7 @@ class MACENet(nn.Module):
         hidden = o3.Irreps([(channels, (ell, (-1) ** ell)) for ell in range(hidden_lmax + 1)])
         scalars = o3.Irreps(f"{channels}x0e")
         self.embedding = o3.Linear(self.irreps_node_attr, scalars)
+        neighbours = self._init_neighbour_count(avg_num_neighbors)
         self.layers = nn.ModuleList()
         self.readouts = nn.ModuleList()
         irreps = scalars
@@ -122,42 +123,15 @@ class MACENet(nn.Module):
             last = t == num_layers - 1
             layer = ManyBodyConv(irreps, scalars if last else hidden, E, channels, lmax,
                                  correlation, num_basis, cutoff, radial_hidden, radial_layers,
-                                 1.0 if avg_num_neighbors == "fit" else avg_num_neighbors,
+                                 neighbours,
                                  residual=t > 0, reduce_couplings=reduce_couplings)
             self.layers.append(layer)
             irreps = layer.irreps_out
             self.readouts.append(_ScalarMLP(irreps, readout_hidden) if last
                                  else o3.Linear(irreps, o3.Irreps("1x0e")))
         self.irreps_out = o3.Irreps("1x0e")
-        self.unfitted = {"avg_num_neighbors"} if avg_num_neighbors == "fit" else set()
         self.relax = relax
         relax_layers(self, relax)
-
-    def fit_statistics(self, dataset: Iterable[Data]) -> dict[str, float]:
-        """Resolve ``avg_num_neighbors="fit"``: the mean number of neighbours within the cutoff
-        over the atoms of ``dataset`` (recorded in the model file's constructor arguments)."""
-        if "avg_num_neighbors" not in self.unfitted:
-            return {}
-        atoms = edges = 0
-        for item in dataset:
-            edge_index, _ = radius_edges(item.pos.double(), self.inputs.cutoff,
-                                         getattr(item, "batch", None))
-            atoms += item.pos.shape[0]
-            edges += edge_index.shape[1]
-        if atoms == 0:
-            raise ValueError("avg_num_neighbors='fit': the data set has no atoms")
-        value = max(edges / atoms, 1e-3)  # isolated atoms only: no neighbours to average
-        self.set_avg_num_neighbors(value)
-        return {"avg_num_neighbors": value}
-
-    def set_avg_num_neighbors(self, value: float) -> None:
-        r"""Set :math:`\bar n` in every layer (and in the recorded constructor arguments)."""
-        if not value > 0:
-            raise ValueError(f"avg_num_neighbors must be positive, got {value}")
-        for layer in self.layers:
-            layer.avg_num_neighbors = float(value)
-        self.unfitted = set()
-        self.init_args["avg_num_neighbors"] = float(value)
 
     def reset_parameters(self) -> None:
         for layer in self.layers:

@@ -17,6 +17,7 @@ from ..symmetry.irreps import IrrepsLike, as_irreps
 from ..symmetry.signature import Signature
 from .inputs import GraphInputs
 from .io import records_init_args
+from .neighbour_count import FitsNeighbourCount
 from .pooling import Pool, check_pooling, pool
 
 Output = Literal["node", "graph"]
@@ -41,7 +42,7 @@ def _keep(irreps: o3.Irreps, allowed) -> o3.Irreps:
 
 
 @records_init_args
-class TPNet(nn.Module):
+class TPNet(FitsNeighbourCount, nn.Module):
     r"""E(3)-equivariant tensor-product network in the style of NequIP (Batzner et al. 2022).
 
     .. math::
@@ -76,6 +77,8 @@ class TPNet(nn.Module):
         num_basis: Bessel functions of the radial basis.
         radial_hidden, radial_layers: the radial MLP of each block.
         avg_num_neighbors: :math:`\bar n`; messages are divided by :math:`\sqrt{\bar n}`.
+            ``"fit"``: the training set's mean number of neighbours within the cutoff (fitted
+            when ``relaxgnn fit`` starts, :meth:`fit_statistics`).
             ``None`` means 1 (no normalisation); for molecules pass the training set's mean
             number of neighbours within ``cutoff``.
         output: ``"node"`` or ``"graph"``.
@@ -102,7 +105,7 @@ class TPNet(nn.Module):
         num_basis: int = 8,
         radial_hidden: int = 64,
         radial_layers: int = 2,
-        avg_num_neighbors: float | None = None,
+        avg_num_neighbors: float | Literal["fit"] | None = None,
         output: Output = "graph",
         irreps_out: IrrepsLike = "1x0e",
         pooling: Pool = "sum",
@@ -130,6 +133,8 @@ class TPNet(nn.Module):
             raise ValueError(f"no irrep of the inputs {self.inputs.irreps} is among the hidden "
                              f"irreps {self.irreps_hidden}")
         self.embedding = o3.Linear(self.inputs.irreps, irreps)
+        neighbours = self._init_neighbour_count(1.0 if avg_num_neighbors is None
+                                                else avg_num_neighbors)
         self.layers = nn.ModuleList()
         for _ in range(num_layers):
             reachable = {ir_out for _, ir_in in irreps for _, ir_sh in self.irreps_sh
@@ -137,7 +142,7 @@ class TPNet(nn.Module):
             layer = TensorProductConv(
                 irreps, _keep(self.irreps_hidden, reachable), self.irreps_sh, num_basis, cutoff,
                 radial_hidden, radial_layers,
-                1.0 if avg_num_neighbors is None else avg_num_neighbors, self.irreps_node_attr,
+                neighbours, self.irreps_node_attr,
 )
             self.layers.append(layer)
             irreps = layer.irreps_out
