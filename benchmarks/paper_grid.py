@@ -120,7 +120,7 @@ def _series(column: str) -> str | None:
 
 def run_curves(metrics_csv: Path, epochs: list[int]) -> dict[str, dict[int, float]]:
     """Per-epoch curves of a run from its ``metrics.csv``: at the given (validation) epochs the
-    training MSE and penalty (epoch means), θ, and the mean |γ| and λ over path groups (last
+    training MSE and penalty (epoch means), θ, and the mean γ, |γ| and λ over path groups (last
     values of the epoch); and at every epoch where they were logged (the equivariance monitor's,
     every 300 steps) the mean path norm and Lie derivative over paths. Only the series the run
     logged are present."""
@@ -139,7 +139,9 @@ def run_curves(metrics_csv: Path, epochs: list[int]) -> dict[str, dict[int, floa
                 if name in ("train_mse", "penalty"):
                     means.setdefault(name, {}).setdefault(epoch, []).append(value)
                 else:
-                    value = abs(value) if name == "abs_gamma" else value
+                    if name == "abs_gamma":  # and the signed mean: γ swings through 0
+                        last.setdefault("gamma", {}).setdefault(epoch, {})[column] = value
+                        value = abs(value)
                     last.setdefault(name, {}).setdefault(epoch, {})[column] = value
     out: dict[str, dict[int, float]] = {}
     for name, per_epoch in means.items():

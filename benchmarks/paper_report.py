@@ -219,12 +219,12 @@ def plot_samples(results: list[dict], path: Path) -> None:
 
 
 def plot_dynamics(results: list[dict], path: Path, n: int = 3000) -> None:
-    """The relaxation's own numbers over a run at ``n`` trajectories: θ (CR) and |γ| (ACE),
+    """The relaxation's own numbers over a run at ``n`` trajectories: θ (CR) and γ (ACE),
     λ (ACE), the mean path norm ‖g(x)‖, and the training against validation MSE of plain."""
     plt = _pyplot()
     arms = cells(results).get(n, {})
     fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
-    panels = [("θ (CR) and mean |γ| (ACE)", [("CR", "theta"), ("ACE", "abs_gamma")]),
+    panels = [("θ (CR) and mean γ (ACE)", [("CR", "theta"), ("ACE", "gamma")]),
               ("mean λ (ACE)", [("ACE", "lambda")]),
               ("mean path norm ‖g(x)‖ (unscaled)", [("CR", "path_norm"), ("ACE", "path_norm")]),
               ("training (dashed) and validation MSE", [(arm, "train_mse") for arm in arms])]

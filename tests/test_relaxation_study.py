@@ -95,7 +95,7 @@ def test_every_arm_trains_with_its_own_settings_and_records_the_protocol(paper_r
         assert c["model"]["random_rotation"] is not own
         assert c["model"]["model"]["init_args"]["position_input"] == (
             "absolute" if own else "centred")
-    assert set(runs["ACE"]["curves"]) >= {"abs_gamma", "lambda", "train_mse"}
+    assert set(runs["ACE"]["curves"]) >= {"gamma", "abs_gamma", "lambda", "train_mse"}
     assert "theta" in runs["CR"]["curves"]
 
 
