@@ -85,14 +85,14 @@ def errors(frames: list, predictions: list[tuple[float, np.ndarray]],
            energy_key: str | None, forces_key: str | None) -> dict[str, float]:
     """MAE and RMSE against the frames' references, where they have them."""
     e_err, e_atom, f_err = [], [], []
-    for atoms, (energy, forces) in zip(frames, predictions, strict=True):
+    for i, (atoms, (energy, forces)) in enumerate(zip(frames, predictions, strict=True)):
         ref_e, ref_f = reference(atoms, energy_key, forces_key)
         if ref_e is not None:
             e_err.append(energy - ref_e)
             e_atom.append((energy - ref_e) / len(atoms))
         if ref_f is not None:
             if ref_f.shape != forces.shape:
-                raise ValueError(f"frame {len(e_err)}: reference forces of shape "
+                raise ValueError(f"frame {i}: reference forces of shape "
                                  f"{ref_f.shape} for {len(atoms)} atoms")
             f_err.append((forces - ref_f).ravel())
     out: dict[str, float] = {}
