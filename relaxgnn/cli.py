@@ -152,7 +152,8 @@ def config_error(err: argparse.ArgumentError, command: str = "fit") -> str:
 
 
 def _missing_training_extra() -> str | None:
-    """The first package of the ``train`` extra that cannot be imported, or ``None``."""
+    """What to install when a package of the ``train`` extra cannot be imported (the first
+    missing one named), or ``None``."""
     import importlib.util
 
     for module in ("lightning", "jsonargparse", "yaml", "matplotlib"):
@@ -161,17 +162,15 @@ def _missing_training_extra() -> str | None:
         except (ImportError, ValueError):  # a module set to None in sys.modules
             found = False
         if not found:
-            return module
+            return f"it needs {module}, of the training extra: pip install 'relaxgnn[train]'"
     return None
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in TRAIN_COMMANDS:
-        missing = _missing_training_extra()
-        if missing:
-            return _fail(argv[0], f"it needs {missing}, of the training extra: "
-                                  "pip install 'relaxgnn[train]'")
+        if missing := _missing_training_extra():
+            return _fail(argv[0], missing)
         from .config_files import resolve_config_arguments
         from .train.cli import run_lightning
 
@@ -193,10 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         return _data_nbody(argv[2:])
     args = build_parser().parse_args(argv)
     if args.command == "project":
-        missing = _missing_training_extra()
-        if missing:
-            return _fail("project", f"it needs {missing}, of the training extra: "
-                                    "pip install 'relaxgnn[train]'")
+        if missing := _missing_training_extra():
+            return _fail("project", missing)
         from .train.cli import project_checkpoint
 
         try:
